@@ -1,0 +1,29 @@
+# The two commands a fresh machine needs: `make test` and `make demo`.
+# Each bootstraps .venv on first use: torch==2.13.0 first, then everything else
+# under constraints.txt so pip can never swap torch for another build.
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed
+
+.PHONY: test demo bench venv clean
+
+venv: $(STAMP)
+
+$(STAMP): requirements.txt requirements-dev.txt constraints.txt
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q torch==2.13.0
+	$(BIN)/pip install -q -c constraints.txt -r requirements.txt -r requirements-dev.txt
+	touch $(STAMP)
+
+test: $(STAMP)
+	$(BIN)/python -m pytest -q tests
+
+demo: $(STAMP)
+	$(BIN)/python -m sdvg_core demo --out out/demo
+
+bench: $(STAMP)
+	$(BIN)/python -m sdvg_core bench --preset cpu --out bench-results/
+
+clean:
+	rm -rf $(VENV) out bench-results
