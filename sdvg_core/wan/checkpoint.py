@@ -259,6 +259,11 @@ def load_wan(path: str | os.PathLike, *, variant: str = "ema", dtype: torch.dtyp
     fp8 (with their scale_weight). The model is built on the meta device and the file's
     tensors are assigned into it, so the weights are never held twice. Key check is strict:
     a missing or unexpected key fails with the file named.
+
+    Accuracy of fp8 files: outputs stay within about 2.5% relative error of the
+    high-precision source (measured 1.4e-2 .. 2.5e-2 on tiny random models, scaled and
+    unscaled; tests/test_wan_checkpoint.py pins 5e-2), and equal a float model holding
+    the dequantised weights ``w_fp8 * scale_weight`` to float32 rounding.
     """
     if dtype not in COMPUTE_DTYPES:
         raise InputError(f"dtype must be one of {COMPUTE_DTYPES} (the compute dtype), got {dtype}.")
