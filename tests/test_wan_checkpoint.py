@@ -216,13 +216,22 @@ def test_missing_path(tmp_path):
 # ----------------------------------------------------------------------------- size inference
 
 
+@pytest.mark.parametrize("prefix", ["", "model."])
 @pytest.mark.parametrize("preset", [WanConfig.wan_1_3b, WanConfig.wan_14b])
-def test_infer_config_on_real_shapes_without_memory(preset):
+def test_infer_config_on_real_shapes_without_memory(preset, prefix):
     cfg = preset()
     with torch.device("meta"):
-        sd = CausalWanModel(cfg).state_dict()
+        sd = {prefix + k: v for k, v in CausalWanModel(cfg).state_dict().items()}
     assert all(t.is_meta for t in sd.values())
     assert infer_config(sd, source="real.safetensors") == cfg
+
+
+def test_unknown_prefix_is_named(source, tmp_path):
+    model, _ = source
+    path = tmp_path / "wrapped.pt"
+    write_checkpoint(state_dict_of(model, "module.net."), path)
+    with pytest.raises(CheckpointError, match="wrapped.pt.*unrecognised prefix 'module.net.'"):
+        load_wan(path)
 
 
 def test_infer_config_refuses_real_model_with_too_few_blocks():

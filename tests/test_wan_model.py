@@ -151,7 +151,7 @@ def test_bf16_compute_close_to_float32():
 # ----------------------------------------------------------------------------- KV cache
 
 
-def block_causal_mask(frames_per_block: list[int], frame_tokens: int, context_blocks: int | None = None):
+def block_causal_mask(frames_per_block: list[int], frame_tokens: int):
     """True where a query token may attend a key token: keys in its own block or an earlier one."""
     block_of_frame = torch.cat([torch.full((n,), i) for i, n in enumerate(frames_per_block)])
     block_of_token = block_of_frame.repeat_interleave(frame_tokens)

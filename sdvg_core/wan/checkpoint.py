@@ -123,9 +123,7 @@ def _select_variant(raw: dict, variant: str, path: Path) -> dict:
 
 
 def _normalise_keys(sd: dict, path: Path) -> dict[str, Tensor]:
-    prefix = _dit_prefix(sd)
-    if prefix is None:
-        raise CheckpointError(_not_a_dit_message(sd, str(path)))
+    prefix = _dit_prefix(sd, str(path))
     out: dict[str, Tensor] = {}
     for key, value in sd.items():
         if not isinstance(value, Tensor):
@@ -144,12 +142,17 @@ def _normalise_keys(sd: dict, path: Path) -> dict[str, Tensor]:
     return out
 
 
-def _dit_prefix(sd: dict) -> str | None:
-    for key in sd:
-        match = _ANCHOR.match(key)
-        if match and match.group(1) in ("",) + KEY_PREFIXES:
-            return match.group(1)
-    return None
+def _dit_prefix(sd: dict, where: str) -> str:
+    """The key prefix of the DiT weights in sd (one of KEY_PREFIXES, or "")."""
+    found = {m.group(1) for key in sd if isinstance(key, str) and (m := _ANCHOR.match(key))}
+    for prefix in ("",) + KEY_PREFIXES:
+        if prefix in found:
+            return prefix
+    if found:
+        raise CheckpointError(
+            f"{where}: Wan DiT keys carry the unrecognised prefix {sorted(found)[0]!r}; supported prefixes "
+            f"are none, {', '.join(repr(p) for p in KEY_PREFIXES)}. Re-save the file with one of them.")
+    raise CheckpointError(_not_a_dit_message(sd, where))
 
 
 def _check_quant_format(value: Tensor, name: str, path: Path) -> None:
@@ -192,16 +195,17 @@ def _strip_prefix(key: str) -> str:
 
 
 def infer_config(state_dict: dict[str, Tensor], *, source: str = "", num_heads: int | None = None) -> WanConfig:
-    """Read a WanConfig off a state dict with original Wan key names (tensor shapes only).
+    """Read a WanConfig off a state dict (original Wan key names, or one of KEY_PREFIXES).
 
-    Works on meta tensors. Head count: the weights cannot tell it (the qk RMSNorm spans the
+    Reads tensor shapes only, so meta tensors work. Head count: the weights cannot tell it (the qk RMSNorm spans the
     full dim), so it is ``num_heads`` when given; else head_dim 128 (every real Wan model)
     when ``dim % 128 == 0 and dim >= 1536``; else head_dim 32, the tiny-model convention of
     ``WanConfig.tiny``.
     """
     where = source or "state dict"
-    if _dit_prefix(state_dict) != "":
-        raise CheckpointError(_not_a_dit_message(state_dict, where))
+    prefix = _dit_prefix(state_dict, where)
+    if prefix:  # accept a raw file's keys too: strip the prefix (names only, no tensor copies)
+        state_dict = {k[len(prefix):]: v for k, v in state_dict.items() if k.startswith(prefix)}
     present = sorted({int(m.group(1)) for k in state_dict if (m := _BLOCK_INDEX.match(k))})
     num_layers = present[-1] + 1 if present else 0
     missing_blocks = sorted(set(range(num_layers)) - set(present))

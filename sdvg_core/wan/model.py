@@ -16,7 +16,6 @@ per-tensor ``scale_weight``); each layer upcasts its own weight at call time onl
 
 from __future__ import annotations
 
-import math
 from collections import OrderedDict
 from dataclasses import dataclass, field
 
@@ -379,20 +378,20 @@ class CausalWanModel(nn.Module):
         if cache is not None:
             if attn_mask is not None:
                 raise InputError("attn_mask is only for cache-free calls; a cached call attends to its slots unmasked.")
-            write = self._check_cache(cache, b, frames, gh * gw, slot, x.device)
+            write = self._check_cache(cache, b, frames, gh * gw, slot, self.device)
         elif attn_mask is not None:
             if attn_mask.dtype != torch.bool or tuple(attn_mask.shape) != (tokens, tokens):
                 raise InputError(
                     f"attn_mask must be a boolean [{tokens}, {tokens}] tensor (True = may attend), "
                     f"got {attn_mask.dtype} {tuple(attn_mask.shape)}.")
-            attn_mask = attn_mask.to(x.device)
+            attn_mask = attn_mask.to(self.device)
 
         dtype = self.compute_dtype
         p = _Pass(frames=frames, rope=self._rope(frames, gh, gw, rope_start), dtype=dtype,
                   attn_mask=attn_mask, write=write)
 
         # Patch embedding: kernel == stride, so the Conv3d is a Linear over flattened patches.
-        patches = rearrange(x.to(dtype), "b f c (h ph) (w pw) -> b (f h w) (c ph pw)", ph=ph, pw=pw)
+        patches = rearrange(x.to(self.device, dtype), "b f c (h ph) (w pw) -> b (f h w) (c ph pw)", ph=ph, pw=pw)
         pe = self.patch_embedding
         h = F.linear(patches, pe.weight.flatten(1).to(dtype), pe.bias.to(dtype)).float()
 
