@@ -1,0 +1,31 @@
+"""ComfyUI adapters of the SDVG engine: declare inputs and outputs, convert types, call sdvg_core."""
+
+from . import host
+from .loaders import LoadDrafter, LoadImageRewardRouter, LoadSDVGVAE, LoadTarget
+from .loop import SDVGLoopEnd, SDVGLoopStart
+from .modular import SDVGBegin, SDVGCommitBlock, SDVGDraftBlock, SDVGFinish, SDVGRegenerateBlock, SDVGRouteBlock
+from .prompt import SDVGEncodePrompt
+from .sampler import SDVGSampler
+
+# node type -> (class, display name)
+_NODES = {
+    "SDVGLoadDrafter": (LoadDrafter, "Load Drafter"),
+    "SDVGLoadTarget": (LoadTarget, "Load Target"),
+    "SDVGLoadVAE": (LoadSDVGVAE, "Load SDVG VAE"),
+    "SDVGLoadRouter": (LoadImageRewardRouter, "Load ImageReward Router"),
+    "SDVGEncodePrompt": (SDVGEncodePrompt, "SDVG Encode Prompt"),
+    "SDVGSampler": (SDVGSampler, "SDVG Sampler"),
+    "SDVGBegin": (SDVGBegin, "SDVG Begin"),
+    "SDVGLoopStart": (SDVGLoopStart, "SDVG Block Loop Start"),
+    "SDVGDraftBlock": (SDVGDraftBlock, "Draft Block"),
+    "SDVGRouteBlock": (SDVGRouteBlock, "ImageReward Router"),
+    "SDVGRegenerateBlock": (SDVGRegenerateBlock, "Regenerate"),
+    "SDVGCommitBlock": (SDVGCommitBlock, "Commit-to-KV"),
+    "SDVGLoopEnd": (SDVGLoopEnd, "SDVG Block Loop End"),
+    "SDVGFinish": (SDVGFinish, "SDVG Finish"),
+}
+
+NODE_CLASS_MAPPINGS = {name: cls for name, (cls, _) in _NODES.items()}
+NODE_DISPLAY_NAME_MAPPINGS = {name: title for name, (_, title) in _NODES.items()}
+
+host.register_router_folder()
