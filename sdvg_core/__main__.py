@@ -1,0 +1,37 @@
+"""``python -m sdvg_core {demo,generate,bench,tune}``."""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+
+from .errors import SDVGError
+
+COMMANDS = {
+    "demo": ("sdvg_core.demo", "a tiny random-weight SDVG run: video, timeline and stats"),
+    "generate": ("sdvg_core.generate", "generate videos with real weights from local files"),
+    "bench": ("sdvg_core.bench", "time target-only, draft-only and SDVG side by side"),
+    "tune": ("sdvg_core.tune", "pick tau offline from the scores a generate run logged"),
+}
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m sdvg_core", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+    for name, (module_name, help_text) in COMMANDS.items():
+        module = importlib.import_module(module_name)
+        command = sub.add_parser(name, help=help_text, description=module.__doc__,
+                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+        module.add_arguments(command)
+        command.set_defaults(run=module.main)
+    args = parser.parse_args(argv)
+    try:
+        return args.run(args)
+    except SDVGError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())
