@@ -88,6 +88,11 @@ def image_reward_state_dict(seed: int = 0) -> dict[str, torch.Tensor]:
     vision = BlipVisionModel(BlipVisionConfig(**VISION, layer_norm_eps=1e-6, hidden_act="gelu"))
     text = BlipTextModel(text_config_from_med(MED_CONFIG, VISION["hidden_size"]), add_pooling_layer=False)
     head = RewardHead(MED_CONFIG["hidden_size"])
+    with torch.no_grad():  # BERT-style 0.02 init makes every frame score alike; widen it
+        for module in (vision, text, head):
+            for m in module.modules():
+                if isinstance(m, torch.nn.Linear):
+                    torch.nn.init.normal_(m.weight, 0, m.in_features ** -0.5)
     sd = {}
     for name, t in vision.state_dict().items():
         for new, old in _VISION_TO_ORIGINAL:
