@@ -171,3 +171,29 @@ def write_tiny_model_files(models_dir: str | os.PathLike, seed: int = 0) -> dict
     router = write_image_reward_folder(root / "image_reward", seed + 4)
     return {"drafter": drafter, "target": target, "vae": vae, "router": router,
             "text_dim": TEXT_DIM, "sizes": {"width": 128, "height": 80}}
+
+
+def write_tiny_text_encoder(folder: str | os.PathLike, seed: int = 0) -> Path:
+    """A transformers-format umT5 encoder (d_model = TEXT_DIM) with a spiece.model tokenizer."""
+    import io
+
+    import sentencepiece
+    from transformers import UMT5Config, UMT5EncoderModel
+
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    sentences = ["a red fox running through fresh snow at golden hour",
+                 "a stylish woman walks down a tokyo street filled with neon",
+                 "several giant wooly mammoths approach through a snowy meadow"]
+    proto = io.BytesIO()
+    sentencepiece.SentencePieceTrainer.train(
+        sentence_iterator=iter(sentences * 20), model_writer=proto, vocab_size=40,
+        model_type="unigram", pad_id=0, eos_id=1, unk_id=2, bos_id=-1,
+        character_coverage=1.0, minloglevel=2)
+    (folder / "spiece.model").write_bytes(proto.getvalue())
+    config = UMT5Config(vocab_size=40, d_model=TEXT_DIM, d_kv=8, d_ff=64, num_layers=2, num_heads=4,
+                        relative_attention_num_buckets=8, relative_attention_max_distance=16,
+                        dropout_rate=0.0)
+    torch.manual_seed(seed)
+    UMT5EncoderModel(config).save_pretrained(folder)
+    return folder
