@@ -333,7 +333,7 @@ def describe_device(device: str) -> str:
                 break
     except OSError:
         pass
-    return f"{name}, {os.cpu_count()} logical cores, torch {torch.__version__} with {torch.get_num_threads()} threads"
+    return f"{name}, {os.cpu_count()} logical cores, torch {torch.__version__}, threads: {torch.get_num_threads()}"
 
 
 # ---------------------------------------------------------------------- calibration
