@@ -9,7 +9,7 @@ progress and messages are dropped, and no memory manager is involved.
 from __future__ import annotations
 
 import os
-from typing import Any, Callable, Iterable
+from typing import Any, Iterable
 
 import torch
 
@@ -151,7 +151,9 @@ def manage(module: torch.nn.Module) -> Any:
     """ComfyUI's ModelPatcher for a loaded module (None outside ComfyUI)."""
     if not IN_COMFYUI:
         return None
-    return model_patcher.ModelPatcher(_Weights(module), load_device=compute_device(),
+    # Named after the wrapped class: ComfyUI logs "Requested to load <class name>".
+    container = type(type(module).__name__, (_Weights,), {})(module)
+    return model_patcher.ModelPatcher(container, load_device=compute_device(),
                                       offload_device=storage_device())
 
 
@@ -194,9 +196,3 @@ def send(event: str, data: dict) -> None:
         server.send_sync(event, data, server.client_id)
 
 
-def interrupt_error() -> type[BaseException] | None:
-    """ComfyUI's interrupt exception type, to tell a cancel from a failure."""
-    return model_management.InterruptProcessingException if IN_COMFYUI else None
-
-
-Reporter = Callable[[Any], None]

@@ -708,3 +708,14 @@ def test_web_extension_math_agrees_with_python():
         assert result["colours"][decision] == "#%02x%02x%02x" % rgb
     for path in (ROOT / "web").glob("*.js"):
         subprocess.run(["node", "--check", str(path)], check=True, timeout=60)
+
+
+def test_registry_metadata_matches_requirements():
+    import tomllib
+
+    meta = tomllib.loads((ROOT / "pyproject.toml").read_text())
+    lines = [line.split("#")[0].strip() for line in (ROOT / "requirements.txt").read_text().splitlines()]
+    assert meta["project"]["dependencies"] == [line for line in lines if line]
+    assert not any(d.split("=")[0].split(">")[0].split("<")[0].strip() == "torch" for d in meta["project"]["dependencies"])
+    comfy = meta["tool"]["comfy"]
+    assert {"PublisherId", "DisplayName", "Icon"} <= set(comfy)
