@@ -719,3 +719,87 @@ def test_registry_metadata_matches_requirements():
     assert not any(d.split("=")[0].split(">")[0].split("<")[0].strip() == "torch" for d in meta["project"]["dependencies"])
     comfy = meta["tool"]["comfy"]
     assert {"PublisherId", "DisplayName", "Icon"} <= set(comfy)
+
+
+EXTENSION_HARNESS = r"""
+// Stand-ins for ComfyUI's app/api and a LiteGraph node, enough to drive web/sdvg_timeline.js.
+import { app } from "./scripts/app.js";
+import { api } from "./scripts/api.js";
+await import("./extensions/pack/sdvg_timeline.js");
+const extension = app.extensions[0];
+class Node {
+  constructor() { this.id = 5; this.size = [300, 200]; this.flags = {}; this.redraws = 0;
+    this.widgets = [{ name: "seed", value: 1 }, { name: "tau", value: -0.7, callback: null }]; }
+  computeSize() { return [300, 200]; }
+  setSize(size) { this.size = size; }
+  setDirtyCanvas() { this.redraws += 1; }
+}
+await extension.beforeRegisterNodeDef(Node, { name: "SDVGSampler" });
+const node = new Node();
+node.onNodeCreated();
+app.graph = { getNodeById: (id) => (id === 5 ? node : null) };
+extension.setup();
+const draw = () => {
+  const texts = [], rects = [];
+  const ctx = { save() {}, restore() {}, beginPath() {}, moveTo() {}, lineTo() {}, stroke() {},
+    setLineDash() {}, strokeRect() {}, fillText(t) { texts.push(t); },
+    fillRect(x, y, w, h) { rects.push([this.fillStyle, this.globalAlpha]); } };
+  node.onDrawForeground(ctx);
+  return { texts, rects };
+};
+const out = { empty: draw().texts, size: node.computeSize() };
+for (const detail of DETAILS) api.emit("sdvg.block", { detail });
+out.redrawsAfterBlocks = node.redraws;
+out.atDefault = draw();
+const tau = node.widgets[1];
+tau.value = -1.5;
+tau.callback(-1.5);
+out.redrawsAfterTau = node.redraws;
+out.atLowerTau = draw().texts;
+node.onExecuted({ sdvg_blocks: [DETAILS[0]] });
+out.afterExecuted = draw().texts;
+console.log(JSON.stringify(out));
+"""
+EXTENSION_APP = """
+export const app = { extensions: [], graph: null, registerExtension(e) { this.extensions.push(e); } };
+"""
+EXTENSION_API = """
+const listeners = {};
+export const api = {
+  addEventListener(type, fn) { (listeners[type] ||= []).push(fn); },
+  emit(type, event) { for (const fn of listeners[type] || []) fn(event); },
+};
+"""
+
+
+@pytest.mark.skipif(shutil.which("node") is None, reason="node.js is not installed")
+def test_web_extension_draws_the_timeline_and_follows_the_tau_slider(tmp_path):
+    """web/sdvg_timeline.js under node with stand-ins for ComfyUI's app, api and a node: the
+    sdvg.block messages fill the timeline, and moving tau re-estimates the accept rate."""
+    pack = tmp_path / "extensions" / "pack"
+    pack.mkdir(parents=True)
+    for js in (ROOT / "web").glob("*.js"):
+        shutil.copy(js, pack / js.name)
+    (tmp_path / "scripts").mkdir()
+    (tmp_path / "scripts" / "app.js").write_text(EXTENSION_APP)
+    (tmp_path / "scripts" / "api.js").write_text(EXTENSION_API)
+    details = [node_session.block_payload(s, -0.7, 3, "5") for s in (
+        BlockStats(block=0, decision="target"),
+        BlockStats(block=1, decision="accepted", scores=[0.5, 0.9], aggregate=0.5),
+        BlockStats(block=2, decision="rejected", scores=[-1.0, 0.3], aggregate=-1.0))]
+    harness = tmp_path / "harness.mjs"
+    harness.write_text(EXTENSION_HARNESS.replace("DETAILS", json.dumps(details)))
+    done = subprocess.run(["node", str(harness)], cwd=tmp_path, capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    out = json.loads(done.stdout)
+    assert out["empty"] == ["SDVG timeline: run the graph"]
+    assert out["size"][1] > 200, "the node grows to make room for the timeline"
+    assert out["redrawsAfterBlocks"] >= 3
+    texts, rects = out["atDefault"]["texts"], out["atDefault"]["rects"]
+    assert "at tau -0.70: 1/2 accepted (50%)" in texts
+    hexes = {"#%02x%02x%02x" % rgb: name for name, rgb in DECISION_COLOURS.items()}
+    drawn = {hexes[colour] for colour, alpha in rects if colour in hexes and alpha == 1}
+    assert drawn == {"target", "accepted", "rejected"}
+    assert out["redrawsAfterTau"] > out["redrawsAfterBlocks"]
+    assert "at tau -1.50: 2/2 accepted (100%)" in out["atLowerTau"]
+    assert "no scored blocks yet" in out["afterExecuted"]
