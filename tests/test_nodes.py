@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import importlib.util
 import json
-import math
 import shutil
 import subprocess
 import sys
@@ -34,7 +33,6 @@ DISPLAY = PACK.NODE_DISPLAY_NAME_MAPPINGS
 from sdvg_pack_under_test.nodes import host, session as node_session  # noqa: E402
 from sdvg_pack_under_test.nodes.loaders import LoadedModel  # noqa: E402
 from sdvg_pack_under_test.nodes.loop import expand_loop, loop_body  # noqa: E402
-from sdvg_pack_under_test.nodes.modular import SessionToken  # noqa: E402
 
 PROMPT = "a red fox running through fresh snow"
 VIDEO = dict(width=64, height=48, num_blocks=3, seed=7, tau=0.0, aggregation="min", hybrid_k=0,
