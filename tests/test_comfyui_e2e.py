@@ -62,6 +62,7 @@ class SDVGE2ETinyText:
 
 NODE_CLASS_MAPPINGS = {"SDVGE2ETinyText": SDVGE2ETinyText}
 '''
+SETTINGS = {**wf.TINY_SETTINGS, "num_blocks": 3}  # block 2 is the first with an anchor frame
 STARTUP_SECONDS = 300
 RUN_SECONDS = 600
 
@@ -227,7 +228,7 @@ def api_prompt(path: Path, **settings) -> dict:
         elif node["class_type"] == "CLIPTextEncode":
             api[node_id] = {"class_type": "SDVGE2ETinyText", "inputs": {"text": node["inputs"]["text"]}}
         elif node["class_type"] in ("SDVGSampler", "SDVGBegin"):
-            node["inputs"].update({**wf.TINY_SETTINGS, **settings})
+            node["inputs"].update({**SETTINGS, **settings})
         elif node["class_type"] == "SaveVideo":
             node["inputs"]["filename_prefix"] = f"e2e/{path.stem}"
     return api
@@ -282,16 +283,16 @@ def test_both_workflows_run_and_give_the_same_video(server):
         events, status, stream, prompt_id = run(server, prompt)
         assert status == "success", f"{path.name}: {events[-1]}\n{server.log_tail()}"
         blocks = [e["data"] for e in events if e["type"] == "sdvg.block"]
-        assert [b["block"] for b in blocks] == list(range(wf.TINY_SETTINGS["num_blocks"]))
+        assert [b["block"] for b in blocks] == list(range(SETTINGS["num_blocks"]))
         owner = next(k for k, n in prompt.items() if n["class_type"] in ("SDVGSampler", "SDVGBegin"))
         assert {b["node"] for b in blocks} == {owner}, "the timeline messages name the node that draws it"
         progress = [e["data"] for e in events if e["type"] == "progress"]
-        assert any(p["max"] == wf.TINY_SETTINGS["num_blocks"] for p in progress)
-        assert stream.previews >= wf.TINY_SETTINGS["num_blocks"], "a preview per committed block"
+        assert any(p["max"] == SETTINGS["num_blocks"] for p in progress)
+        assert stream.previews >= SETTINGS["num_blocks"], "a preview per committed block"
         (video,) = saved_videos(server, prompt_id)
         frames[path.name] = decode_video(video)
-        expected = 9 + 12 * (wf.TINY_SETTINGS["num_blocks"] - 1) - 3
-        assert frames[path.name].shape == (expected, wf.TINY_SETTINGS["height"], wf.TINY_SETTINGS["width"], 3)
+        expected = 9 + 12 * (SETTINGS["num_blocks"] - 1) - 3
+        assert frames[path.name].shape == (expected, SETTINGS["height"], SETTINGS["width"], 3)
     a, b = frames.values()
     assert np.array_equal(a, b), "the modular loop must give the composite sampler's video"
 
@@ -309,7 +310,7 @@ def test_a_requeued_modular_graph_is_not_served_from_cache(server):
     assert loaders <= cached, "loaders are cached between runs"
     assert not stateful & cached, f"stateful nodes served from cache: {stateful & cached}"
     blocks = [e for e in events if e["type"] == "sdvg.block"]
-    assert len(blocks) == wf.TINY_SETTINGS["num_blocks"], "the second run generated every block again"
+    assert len(blocks) == SETTINGS["num_blocks"], "the second run generated every block again"
 
 
 def test_interrupt_is_honoured_and_the_next_run_works(server):

@@ -395,8 +395,12 @@ def test_interrupt_stops_between_model_calls_and_the_next_run_works(models, posi
         call("SDVGSampler", m["drafter"], m["target"], m["vae"], scripted_router(), positive, PROMPT, **VIDEO)
     assert state["calls_after_cancel"] == 0
     monkeypatch.setattr(host, "check_interrupt", lambda: None)
-    again = call("SDVGSampler", m["drafter"], m["target"], m["vae"], scripted_router(), positive, PROMPT, **VIDEO)
-    assert torch.equal(again["result"][0], composite_scripted["result"][0])
+    # a shorter video is a prefix of the longer one (the loop is causal): cheap to compare
+    again = call("SDVGSampler", m["drafter"], m["target"], m["vae"], scripted_router(), positive, PROMPT,
+                 **{**VIDEO, "num_blocks": 2})
+    frames = again["result"][0]
+    assert frames.shape[0] == 9 + 12 - 3
+    assert torch.equal(frames, composite_scripted["result"][0][: frames.shape[0]])
 
 
 # ----------------------------------------------------------------------------- modular nodes
