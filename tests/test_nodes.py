@@ -1,9 +1,9 @@
 """The ComfyUI node pack, without ComfyUI: contracts, loaders, sampler, modular chain, loop.
 
 Every node function runs on tiny real-architecture model files written to a temporary
-models folder (sdvg_core.tiny). The router's scores on random weights barely depend on the
-image, so tests that need both decisions use a scripted scorer (decisions follow a script,
-scores still move with the frames); the real ImageReward router runs in the composite test.
+models folder (sdvg_core.tiny). Tests that need both router decisions in a known order use a
+scripted scorer (decisions follow a script, scores still move with the frames, so routing the
+wrong frames would show in the stats); the real ImageReward router runs in the composite test.
 """
 
 from __future__ import annotations
