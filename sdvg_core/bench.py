@@ -87,7 +87,7 @@ class Preset:
     text_tokens: int = 24          # prompt length before the model's zero padding to text_len
     num_blocks: int = 9
     repeats: int = 5
-    component_repeats: int = 7
+    component_samples: int = 2     # timings of every component per repeat
     accept_rates: tuple[float, ...] = (0.0, 0.25, 0.5, 0.73, 0.9, 1.0)
     hybrid_ks: tuple[int, ...] = (0, 3)
     calibrate: "Calibration | None" = None
@@ -134,7 +134,7 @@ def _gpu_preset() -> Preset:
     return Preset(
         name="gpu", device="cuda", dtype=torch.bfloat16, width=832, height=480,
         drafter=WanConfig.wan_1_3b(), target=WanConfig.wan_14b(), vae_base_dim=96, router=RouterSize(),
-        repeats=3, component_repeats=5,
+        repeats=3,
         note="the real 1.3B and 14B Wan DiTs, Wan 2.1 VAE and ImageReward (BLIP ViT-L/16) with random weights",
     )
 
@@ -147,7 +147,7 @@ def _smoke_preset() -> Preset:
         drafter=tiny, target=replace(tiny, num_layers=2), vae_base_dim=4,
         router=RouterSize(vision_hidden=16, vision_layers=1, vision_heads=1, vision_mlp=16,
                           text_hidden=16, text_layers=1, text_heads=1, text_mlp=16),
-        text_tokens=4, num_blocks=3, repeats=2, component_repeats=1,
+        text_tokens=4, num_blocks=3, repeats=2, component_samples=1,
         accept_rates=(0.0, 0.75), hybrid_ks=(0, 3), threads=1, note="schema check only",
     )
 
@@ -268,17 +268,22 @@ def _random_weights(module: torch.nn.Module, device: str, dtype: torch.dtype, se
 
 # ---------------------------------------------------------------------- timing helpers
 
-def _median_seconds(fn: Callable[[], object], device, repeats: int, warmup: int = 1) -> float:
-    for _ in range(warmup):
-        fn()
+def _samples(fn: Callable[[], object], device, n: int) -> list[float]:
+    """Wall-clock seconds of ``n`` calls, each waited for on a GPU."""
     samples = []
-    for _ in range(repeats):
+    for _ in range(n):
         synchronize(device)
         start = time.perf_counter()
         fn()
         synchronize(device)
         samples.append(time.perf_counter() - start)
-    return statistics.median(samples)
+    return samples
+
+
+def _median_seconds(fn: Callable[[], object], device, repeats: int, warmup: int = 1) -> float:
+    for _ in range(warmup):
+        fn()
+    return statistics.median(_samples(fn, device, repeats))
 
 
 class PeakMemory:
@@ -375,28 +380,65 @@ def _layers_for(cfg: WanConfig, goal: float, preset: Preset, text: torch.Tensor,
 
 # ---------------------------------------------------------------------- component timings
 
-def time_components(system: System, preset: Preset, repeats: int | None = None) -> dict[str, float]:
+class ComponentTimer:
+    """Times each component alone, a few samples at a time, so the samples can be taken
+    between the videos of every repeat (drift then hits the bound as it hits the runs).
+
+    Keys are those of ComponentSeconds. Every component is warmed up once at construction.
+    """
+
+    def __init__(self, system: System, preset: Preset):
+        from .router import FixedTau, Router
+
+        hw = (preset.height // 8, preset.width // 8)
+        self.device = system.vae.device
+        drafter, target = (_DiTPasses(m, system.text, hw) for m in (system.drafter, system.target))
+        vae = system.vae
+        gen = torch.Generator().manual_seed(3)
+        latents = torch.randn(1, FRAMES_PER_BLOCK, 16, *hw, generator=gen)
+        vae.reset()
+        fresh = vae.snapshot()
+        vae.decode(latents)
+        started = vae.snapshot()
+        pixels = vae.decode(latents).float()
+        vae.reset()
+        router = Router(system.scorer, FixedTau(0.0))
+
+        def decode(state):
+            def call():
+                vae.restore(state)
+                return vae.decode(latents)
+            return call
+
+        self._calls: dict[str, Callable[[], object]] = {}
+        for role, passes in (("drafter", drafter), ("target", target)):
+            self._calls[f"{role}_context"] = passes.context_pass
+            self._calls[f"{role}_block"] = passes.block  # after the context pass filled slots 0-2
+            self._calls[f"{role}_block_first"] = lambda p=passes: p.block(first=True)
+        self._calls["vae_decode_first"] = decode(fresh)
+        self._calls["vae_decode_block"] = decode(started)
+        self._calls["vae_encode_anchor"] = lambda: vae.encode_frame(pixels[:, -1])
+        self._calls["router_block"] = lambda: router.route(pixels[0], system.prompt)
+        self._vae = vae
+        self.samples: dict[str, list[float]] = {k: [] for k in self._calls}
+        self.sample(1)
+        self.samples = {k: [] for k in self._calls}  # the warm-up does not count
+
+    def sample(self, n: int = 1) -> None:
+        """``n`` more timings of every component (the context pass first: it fills the cache)."""
+        for key, call in self._calls.items():
+            self.samples[key] += _samples(call, self.device, n)
+        self._vae.reset()
+
+    def medians(self) -> dict[str, float]:
+        return {k: statistics.median(v) for k, v in self.samples.items()}
+
+
+def time_components(system: System, preset: Preset, samples: int | None = None) -> dict[str, float]:
     """Median seconds of each component for one block, timed alone (keys of ComponentSeconds)."""
-    from .router import FixedTau, Router
-
-    repeats = repeats or preset.component_repeats
-    hw = (preset.height // 8, preset.width // 8)
-    gen = torch.Generator().manual_seed(2)
-    out = {}
-    for role, model in (("drafter", system.drafter), ("target", system.target)):
-        out.update(_time_dit(role, model, system.text, hw, repeats))
-
-    vae, device = system.vae, system.vae.device
-    out["vae_decode_first"] = _vae_decode_seconds(vae, hw, repeats, first=True)
-    out["vae_decode_block"] = _vae_decode_seconds(vae, hw, repeats)
-    vae.reset()
-    vae.decode(torch.randn(1, FRAMES_PER_BLOCK, 16, *hw, generator=gen))
-    pixels = vae.decode(torch.randn(1, FRAMES_PER_BLOCK, 16, *hw, generator=gen)).float()
-    out["vae_encode_anchor"] = _median_seconds(lambda: vae.encode_frame(pixels[:, -1]), device, repeats)
-    router = Router(system.scorer, FixedTau(0.0))
-    out["router_block"] = _median_seconds(lambda: router.route(pixels[0], system.prompt), device, repeats)
-    vae.reset()
-    return out
+    timer = ComponentTimer(system, preset)
+    timer.sample(samples or preset.component_samples)
+    return timer.medians()
 
 
 def _vae_decode_seconds(vae, hw: tuple[int, int], repeats: int, first: bool = False) -> float:
@@ -444,16 +486,6 @@ def _block_seconds(model, text: torch.Tensor, hw: tuple[int, int], repeats: int)
     passes = _DiTPasses(model, text, hw)
     passes.context_pass()
     return _median_seconds(passes.block, passes.device, repeats)
-
-
-def _time_dit(role: str, model, text: torch.Tensor, hw: tuple[int, int], repeats: int) -> dict[str, float]:
-    passes = _DiTPasses(model, text, hw)
-    passes.context_pass()
-    return {
-        f"{role}_context": _median_seconds(passes.context_pass, passes.device, repeats),
-        f"{role}_block": _median_seconds(passes.block, passes.device, repeats),
-        f"{role}_block_first": _median_seconds(lambda: passes.block(first=True), passes.device, repeats),
-    }
 
 
 # ---------------------------------------------------------------------- runs
@@ -538,8 +570,10 @@ def pooled_seconds(videos: list[VideoTiming]) -> float:
 
 
 def run_all(system: System, preset: Preset, specs: list[RunSpec], repeats: int,
+            timer: ComponentTimer | None = None, component_samples: int = 1,
             log: Callable[[str], None] = print) -> dict[RunSpec, list[VideoTiming]]:
-    """Every spec once per repeat, in an order rotated by one each repeat."""
+    """Every spec once per repeat, in an order rotated by one each repeat; the component
+    timer, if given, takes its samples at its place in the same rotation."""
     scored = preset.num_blocks - 1
     patterns = {s: accept_patterns(s.accept_rate, scored, repeats) if s.mode == "sdvg" else [None] * repeats
                 for s in specs}
@@ -548,9 +582,14 @@ def run_all(system: System, preset: Preset, specs: list[RunSpec], repeats: int,
     warm = next((s for s in specs if s.mode == "sdvg"), specs[0])
     run_video(system, preset, warm, patterns[warm][0], memory)
     timings: dict[RunSpec, list[VideoTiming]] = {s: [] for s in specs}
+    slots = list(specs) + ([None] if timer is not None else [])
     for r in range(repeats):
-        order = specs[r % len(specs):] + specs[:r % len(specs)]
+        order = slots[r % len(slots):] + slots[:r % len(slots)]
         for spec in order:
+            if spec is None:
+                timer.sample(component_samples)
+                log(f"  repeat {r + 1}/{repeats}  components sampled")
+                continue
             v = run_video(system, preset, spec, patterns[spec][r], memory)
             timings[spec].append(v)
             log(f"  repeat {r + 1}/{repeats}  {spec.key:<18} {v.seconds:8.3f} s")
@@ -656,8 +695,9 @@ def plot_speedups(result: dict, path: Path) -> None:
         points = [(r["accept_rate"], r["speedup"]) for r in result["runs"]
                   if r["mode"] == "sdvg" and r["hybrid_k"] == k]
         series.append(Series(f"measured, k={k}", points, colour=colour, line=False, marker="o"))
-    series.append(Series("paper (A6000, real weights)", [(a, s) for a, s in PAPER_POINTS],
-                         colour=(0, 0, 0), line=False, marker="s"))
+    series.append(Series("paper (2x A6000, real weights, reference code)", [(a, s) for a, s in PAPER_POINTS],
+                         colour=(0, 0, 0), line=False, marker="s",
+                         notes=[f"{s:.2f}x at {a:.1%}" for a, s in PAPER_POINTS]))
     hlines = [(1.0, "target-only")]
     draft = next((r for r in result["runs"] if r["mode"] == "draft_only"), None)
     if draft:
@@ -671,7 +711,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--preset", choices=sorted(PRESETS), default="cpu")
     parser.add_argument("--out", default="bench-results", help="output folder")
     parser.add_argument("--repeats", type=int, default=None, help="interleaved repeats (default: the preset's)")
-    parser.add_argument("--component-repeats", type=int, default=None)
+    parser.add_argument("--component-samples", type=int, default=None,
+                        help="timings of every component per repeat (default: the preset's)")
     parser.add_argument("--accept-rates", type=float, nargs="+", default=None)
     parser.add_argument("--hybrid-k", type=int, nargs="+", default=None)
     parser.add_argument("--blocks", type=int, default=None, help="blocks per video (default: the preset's, 9)")
@@ -704,14 +745,15 @@ def _run(args, preset: Preset) -> int:
         preset, calibration = calibrate(preset)
     print(f"[bench] preset {preset.name}: building models on {preset.device}")
     system = build_system(preset)
-    print("[bench] timing components")
-    measured = time_components(system, preset, args.component_repeats)
+    print("[bench] warming up components")
+    timer = ComponentTimer(system, preset)
+    specs = run_specs(preset, args.accept_rates, args.hybrid_k)
+    print(f"[bench] {len(specs)} configurations + component timings x {repeats} repeats, interleaved")
+    timings = run_all(system, preset, specs, repeats, timer, args.component_samples or preset.component_samples)
+    measured = timer.medians()
     components = ComponentSeconds.from_dict(measured)
     for k, v in measured.items():
         print(f"  {k:<20} {v:.4f} s")
-    specs = run_specs(preset, args.accept_rates, args.hybrid_k)
-    print(f"[bench] {len(specs)} configurations x {repeats} repeats, interleaved")
-    timings = run_all(system, preset, specs, repeats)
     runs = summarize_runs(timings, components, preset.num_blocks)
     reference = reference_ratios()
     result = {
@@ -726,6 +768,7 @@ def _run(args, preset: Preset) -> int:
                    "vae_base_dim": preset.vae_base_dim, "router": asdict(preset.router)},
         "calibration": calibration,
         "component_seconds": measured,
+        "component_seconds_samples": timer.samples,
         "component_ratios": {
             "measured": {k: v / measured["target_block"] for k, v in measured.items()},
             "real_flops": {k: reference[k] for k in measured},
@@ -754,6 +797,7 @@ class Series:
     colour: tuple[int, int, int] = (31, 119, 180)
     line: bool = True
     marker: str | None = None      # "o" (disc) or "s" (square)
+    notes: list[str] | None = None  # a text beside each point, in the order of ``points``
 
 
 @dataclass
@@ -763,6 +807,7 @@ class Panel:
     y_range: tuple[float, float] | None = None
     hlines: list[tuple[float, str]] = field(default_factory=list)
     vlines: list[tuple[float, str]] = field(default_factory=list)
+    legend: str = "left"           # corner of the legend: "left" or "right" (top)
 
 
 def _nice_ticks(low: float, high: float, count: int = 6) -> list[float]:
@@ -829,19 +874,24 @@ def draw_chart(panels: list[Panel], xlabel: str, title: str = "", width: int = 9
                 draw.line([(xx, box[1]), (xx, box[3])], fill=(120, 120, 120), width=1)
                 draw.text((xx + 4, box[1] + 4), label, fill=(90, 90, 90), font=small)
         legend_y = box[1] + 8
+        legend_x = box[0] if panel.legend == "left" else box[2] - 40 - max(
+            (draw.textlength(s.label, font=small) for s in panel.series), default=0)
         for s in panel.series:
+            for (x, y), note in zip(s.points, s.notes or ()):
+                if x0 <= x <= x1 and y0 <= y <= y1:
+                    draw.text((px(x, y)[0] + 8, px(x, y)[1] + 2), note, fill=s.colour, font=small, anchor="lt")
             points = [px(x, y) for x, y in sorted(s.points) if x0 <= x <= x1 and y0 <= y <= y1]
             if s.line and len(points) > 1:
                 draw.line(points, fill=s.colour, width=2)
             for x, y in points if s.marker else ():
                 shape = draw.ellipse if s.marker == "o" else draw.rectangle
                 shape([x - 4, y - 4, x + 4, y + 4], fill=s.colour, outline="white")
-            draw.line([(box[0] + 10, legend_y + 7), (box[0] + 30, legend_y + 7)], fill=s.colour,
-                      width=2 if s.line else 0)
+            if s.line:
+                draw.line([(legend_x + 10, legend_y + 7), (legend_x + 30, legend_y + 7)], fill=s.colour, width=2)
             if s.marker:
                 shape = draw.ellipse if s.marker == "o" else draw.rectangle
-                shape([box[0] + 16, legend_y + 3, box[0] + 24, legend_y + 11], fill=s.colour)
-            draw.text((box[0] + 36, legend_y), s.label, fill=(30, 30, 30), font=small)
+                shape([legend_x + 16, legend_y + 3, legend_x + 24, legend_y + 11], fill=s.colour)
+            draw.text((legend_x + 36, legend_y), s.label, fill=(30, 30, 30), font=small)
             legend_y += 18
         draw.text(((box[0] + box[2]) / 2, box[3] + 24), xlabel, fill=(30, 30, 30), font=small, anchor="mt")
     return image

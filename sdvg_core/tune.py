@@ -166,14 +166,14 @@ def plot(rows: list[TauRow], path: Path, title: str, marked: list[float] = (), d
     taus = [r.tau for r in rows]
     rate = Panel("accept rate (scored blocks)", [Series("accept rate", list(zip(taus, [r.accept_rate for r in rows])),
                                                         colour=(31, 119, 180), marker="o")],
-                 y_range=(0.0, 1.0), vlines=[(t, "logged tau") for t in marked])
+                 y_range=(0.0, 1.0), vlines=[(t, "logged tau") for t in marked], legend="right")
     lines = [Series("predicted speedup", list(zip(taus, [r.predicted_speedup for r in rows])),
                     colour=(214, 39, 40), marker="o")]
     hlines = [(1.0, "target-only")]
     if draft_only is not None:
         hlines.append((draft_only, "draft-only"))
     speed = Panel("predicted speedup over target-only", lines, vlines=[(t, "") for t in marked],
-                  hlines=hlines)
+                  hlines=hlines, legend="right")
     draw_chart([rate, speed], xlabel="tau (accept a draft when its aggregate score >= tau)",
                title=title).save(path)
 

@@ -155,7 +155,7 @@ def test_gpu_preset_is_the_real_architectures():
 @pytest.fixture(scope="module")
 def smoke_result(tmp_path_factory):
     out = tmp_path_factory.mktemp("bench")
-    args = Namespace(preset="smoke", out=str(out), repeats=None, component_repeats=None,
+    args = Namespace(preset="smoke", out=str(out), repeats=None, component_samples=None,
                      accept_rates=None, hybrid_k=None, blocks=None)
     assert bench.main(args) == 0
     return out
