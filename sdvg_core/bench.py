@@ -572,8 +572,8 @@ def pooled_seconds(videos: list[VideoTiming]) -> float:
 def run_all(system: System, preset: Preset, specs: list[RunSpec], repeats: int,
             timer: ComponentTimer | None = None, component_samples: int = 1,
             log: Callable[[str], None] = print) -> dict[RunSpec, list[VideoTiming]]:
-    """Every spec once per repeat, in an order rotated by one each repeat; the component
-    timer, if given, takes its samples at its place in the same rotation."""
+    """Every spec once per repeat (target-only twice), in an order rotated by one each
+    repeat; the component timer, if given, takes its samples at its place in the rotation."""
     scored = preset.num_blocks - 1
     patterns = {s: accept_patterns(s.accept_rate, scored, repeats) if s.mode == "sdvg" else [None] * repeats
                 for s in specs}
@@ -583,6 +583,11 @@ def run_all(system: System, preset: Preset, specs: list[RunSpec], repeats: int,
     run_video(system, preset, warm, patterns[warm][0], memory)
     timings: dict[RunSpec, list[VideoTiming]] = {s: [] for s in specs}
     slots = list(specs) + ([None] if timer is not None else [])
+    # The target-only baseline divides every speedup: it runs twice per repeat, half a rotation
+    # apart, so one slow phase of the machine cannot skew all speedups at once.
+    baseline = next((s for s in specs if s.mode == "target_only"), None)
+    if baseline is not None:
+        slots.insert(len(slots) // 2 + 1, baseline)
     for r in range(repeats):
         order = slots[r % len(slots):] + slots[:r % len(slots)]
         for spec in order:
