@@ -549,7 +549,8 @@ class RouteResult:
 class Router:
     """Scores a drafted block's frames, aggregates them and asks the policy."""
 
-    def __init__(self, scorer: FrameScorer, policy: ThresholdPolicy, aggregation: str = "min", quantile: float = 0.1):
+    def __init__(self, scorer: FrameScorer, policy: ThresholdPolicy, aggregation: str = "min", quantile: float = 0.1,
+                 *, exact_preprocess: bool = True):
         if aggregation not in AGGREGATIONS:
             raise InputError(f"aggregation: {aggregation!r} is not one of {', '.join(AGGREGATIONS)}.")
         if not 0.0 <= quantile <= 1.0:
@@ -558,10 +559,12 @@ class Router:
         self.policy = policy
         self.aggregation = aggregation
         self.quantile = quantile
+        self.exact_preprocess = exact_preprocess  # False: preprocess on the frames' device
 
     def route(self, frames: Tensor, prompt: str) -> RouteResult:
         """Score `frames` `[T, 3, H, W]` in [-1, 1] against `prompt` and decide."""
-        scores = torch.as_tensor(self.scorer.score(frames, prompt), dtype=torch.float32).flatten()
+        options = {} if self.exact_preprocess else {"exact_preprocess": False}
+        scores = torch.as_tensor(self.scorer.score(frames, prompt, **options), dtype=torch.float32).flatten()
         value = aggregate(scores, self.aggregation, self.quantile)
         return RouteResult(
             scores=scores.tolist(),

@@ -50,6 +50,7 @@ class SDVGConfig:
     skip_margin: float = 0.5          # dynamic: previous block cleared tau by at least this
     skip_cosine: float = 0.99         # dynamic: drafter's last two x0 estimates agree this well
     drop_first_frames: bool = True    # drop block 0's first 3 pixel frames, as the reference does
+    exact_preprocess: bool = True     # ImageReward's PIL path; False: on-device tensor path
     accept_pattern: tuple[bool, ...] | None = None  # benchmarks: force decisions, router still runs
 
     def validate(self) -> "SDVGConfig":
@@ -146,7 +147,7 @@ class SDVGSession:
         self.router = None
         if scorer is not None:
             self.router = Router(scorer, policy or FixedTau(config.tau), config.aggregation,
-                                 config.quantile)
+                                 config.quantile, exact_preprocess=config.exact_preprocess)
         self.on_block = on_block
         self.check_interrupt = check_interrupt or (lambda: None)
         hw = config.latent_hw

@@ -262,3 +262,12 @@ def test_progress_events_carry_stats_and_a_preview(system):
     assert events[0].stats.decision == "target"
     assert events[-1].preview.shape == (48, 64, 3)
     assert all(e.num_blocks == 4 for e in events)
+
+
+def test_fast_preprocessing_scores_close_to_the_exact_path(system):
+    exact = run(system, tau=-INF)
+    fast = run(system, tau=-INF, exact_preprocess=False)
+    assert torch.equal(exact.latents, fast.latents)  # all accepted: same blocks, scored twice
+    for a, b in zip(exact.blocks[1:], fast.blocks[1:]):
+        assert len(b.scores) == 12
+        torch.testing.assert_close(torch.tensor(b.scores), torch.tensor(a.scores), rtol=0, atol=0.05)
