@@ -11,15 +11,17 @@ every drafted block (and costs what it costs). A video has N-1 scored blocks (8 
 paper's 9 blocks), so a rate like 0.73 is not a whole number of blocks per video: the
 decisions are spread evenly over all repeats together (error diffusion), and the JSON
 gives the rate actually run (``accept_rate``) next to the one asked for
-(``accept_rate_nominal``). With the cpu preset's 4 repeats (32 decisions) 0, 0.25, 0.5 and
-1 are exact, 0.73 runs as 23/32 = 0.719 and 0.9 as 29/32 = 0.906. ``seconds_per_video`` is the median over the
-repeats; when the repeats of a run differ in their number of accepted blocks it is the
-median of each group, weighted by how many videos the group has (so it is the time at
-the pooled rate, as the cost model is linear in that number).
+(``accept_rate_nominal``). With the cpu preset's 4 repeats (32 decisions) 0, 0.25, 0.5
+and 1 are exact, 0.73 runs as 23/32 = 0.719 and 0.9 as 29/32 = 0.906.
+``seconds_per_video`` is the median over the repeats; when the repeats of a run differ in
+their number of accepted blocks it is the median of each group, weighted by how many
+videos the group has (the time at the pooled rate: a video's cost is linear in that number).
+The target-only baseline, which divides every speedup, runs twice per repeat.
 
-Before the runs, each component is timed alone (median of repeats) and the cost model
-(sdvg_core/costmodel.py) turns those into the ``bound`` of every run. Presets and how
-their sizes were chosen: docs/bench-derivation.md.
+Each component is also timed alone, its samples taken at their own place in the same
+rotation (``ComponentTimer``); the cost model (sdvg_core/costmodel.py) turns the medians
+into the ``bound`` of every run. Presets and how their sizes were chosen:
+docs/bench-derivation.md.
 
 Writes ``<out>/<preset>.json``, ``<out>/<preset>.md`` and ``<out>/<preset>.png``.
 """
@@ -43,8 +45,7 @@ from typing import Callable
 
 import torch
 
-from .costmodel import (PAPER_POINTS, ComponentSeconds, predicted_speedup, reference_ratios,
-                        video_breakdown, video_seconds)
+from .costmodel import PAPER_POINTS, ComponentSeconds, predicted_speedup, reference_ratios, video_seconds
 from .errors import InputError, SDVGError
 from .schedule import FRAMES_PER_BLOCK, NoisePlan, denoise_block
 from .stats import COMPONENTS, synchronize
