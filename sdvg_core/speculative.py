@@ -167,7 +167,9 @@ class SDVGSession:
         self.block = 0
         self.phase = "draft"
         self.latents: list[torch.Tensor] = []
-        self.pixels: list[torch.Tensor] = []
+        self.frames: list[torch.Tensor] = []        # per block, [T, H, W, 3] in 0..1, on the CPU
+        self._last_pixels: torch.Tensor | None = None  # the last block's decoder output
+        self._pixels_before_last = 0
         self.stats: list[BlockStats] = []
         self.pending = Pending()
         self._anchors: dict[int, torch.Tensor] = {}
@@ -194,12 +196,15 @@ class SDVGSession:
         return self.pending.context[b]
 
     def _pixel_frame(self, index: int) -> torch.Tensor:
-        """One committed pixel frame, [B, 3, H, W], by its index in the whole stream."""
-        for block_pixels in self.pixels:
-            if index < block_pixels.shape[1]:
-                return block_pixels[:, index]
-            index -= block_pixels.shape[1]
-        raise SDVGError(f"pixel frame {index} is not committed yet.")
+        """A committed decoder frame, [B, 3, H, W] in [-1, 1], by its index in the whole stream.
+
+        Anchors only ever need a frame of the last committed block, whose raw decoder
+        output is kept for exactly that.
+        """
+        local = index - self._pixels_before_last
+        if self._last_pixels is None or not 0 <= local < self._last_pixels.shape[1]:
+            raise SDVGError(f"pixel frame {index} is not in the last committed block.")
+        return self._last_pixels[:, local]
 
     def _anchor(self, b: int) -> torch.Tensor:
         if b not in self._anchors:
@@ -277,7 +282,11 @@ class SDVGSession:
         b = self._enter("commit", block)
         p = self.pending
         self.latents.append(p.latents.float())
-        self.pixels.append(p.pixels.float().cpu())
+        if self._last_pixels is not None:
+            self._pixels_before_last += self._last_pixels.shape[1]
+        self._last_pixels = p.pixels
+        # IMAGE layout on the decoder's device, then one copy to the CPU per block.
+        self.frames.append(p.pixels[0].permute(0, 2, 3, 1).add(1).div(2).clamp(0, 1).float().cpu())
         stats = p.stats
         stats.model_calls = dict(p.meter.calls)
         stats.seconds = dict(p.meter.seconds, total=time.perf_counter() - p.started)
@@ -287,7 +296,7 @@ class SDVGSession:
         self.block += 1
         self.phase = "done" if self.block == self.config.num_blocks else "draft"
         if self.on_block is not None:
-            preview = self.pixels[-1][0, -1].permute(1, 2, 0).add(1).div(2).clamp(0, 1)
+            preview = self.frames[-1][-1]
             self.on_block(BlockEvent(b, self.config.num_blocks, stats, preview))
         return stats
 
@@ -362,10 +371,9 @@ class SDVGSession:
     def result(self) -> SDVGResult:
         if not self.latents:
             raise SDVGError("no block is committed yet; run the session first.")
-        pixels = torch.cat(self.pixels, dim=1)[0]
-        if self.config.drop_first_frames and self.stats and self.stats[0].block == 0:
-            pixels = pixels[FRAMES_PER_BLOCK:]
-        frames = pixels.permute(0, 2, 3, 1).add(1).div(2).clamp(0, 1).contiguous()
+        frames = torch.cat(self.frames, dim=0)
+        if self.config.drop_first_frames:
+            frames = frames[FRAMES_PER_BLOCK:]
         latents = torch.cat(self.latents, dim=1).cpu()
         return SDVGResult(frames, latents, list(self.stats), summarize(self.stats))
 

@@ -106,11 +106,11 @@ class StreamingVAE:
 
     @property
     def dtype(self) -> torch.dtype:
-        return self.vae.dtype
+        return next(self.vae.parameters()).dtype  # ModelMixin.dtype walks every module
 
     @property
     def device(self) -> torch.device:
-        return self.vae.device
+        return next(self.vae.parameters()).device  # read live: a host may move the VAE
 
     # ------------------------------------------------------------------ decode stream
 
