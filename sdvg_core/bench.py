@@ -91,6 +91,7 @@ class Preset:
     component_samples: int = 2     # timings of every component per repeat
     accept_rates: tuple[float, ...] = (0.0, 0.25, 0.5, 0.73, 0.9, 1.0)
     hybrid_ks: tuple[int, ...] = (0, 3)
+    skip_rates: tuple[float, ...] = (0.73, 1.0)  # extra sdvg runs (k = 0) with uniform skipping
     calibrate: "Calibration | None" = None
     threads: int | None = None     # torch threads for the run (None: torch's default)
     note: str = ""
@@ -496,19 +497,22 @@ class RunSpec:
     mode: str
     accept_rate: float | None = None   # nominal; None for the baselines
     hybrid_k: int = 0
+    skip: str = "none"                 # verification skipping policy (uniform: every 2nd block)
 
     @property
     def key(self) -> str:
         if self.mode != "sdvg":
             return self.mode
-        return f"sdvg a={self.accept_rate:g} k={self.hybrid_k}"
+        return f"sdvg a={self.accept_rate:g} k={self.hybrid_k}" + ("" if self.skip == "none" else f" {self.skip}")
 
 
-def run_specs(preset: Preset, accept_rates=None, hybrid_ks=None) -> list[RunSpec]:
+def run_specs(preset: Preset, accept_rates=None, hybrid_ks=None, skip_rates=None) -> list[RunSpec]:
     rates = preset.accept_rates if accept_rates is None else accept_rates
     ks = preset.hybrid_ks if hybrid_ks is None else hybrid_ks
+    skips = preset.skip_rates if skip_rates is None else skip_rates
     return ([RunSpec("target_only"), RunSpec("draft_only")] +
-            [RunSpec("sdvg", float(a), int(k)) for a in rates for k in ks])
+            [RunSpec("sdvg", float(a), int(k)) for a in rates for k in ks] +
+            [RunSpec("sdvg", float(a), 0, "uniform") for a in skips])
 
 
 def accept_patterns(rate: float, scored_blocks: int, videos: int) -> list[tuple[bool, ...]]:
@@ -533,6 +537,7 @@ class VideoTiming:
     model_calls: dict
     stage_seconds: dict
     peak_memory_mb: float | None
+    skipped: int = 0
 
 
 def run_video(system: System, preset: Preset, spec: RunSpec, pattern: tuple[bool, ...] | None,
@@ -542,7 +547,7 @@ def run_video(system: System, preset: Preset, spec: RunSpec, pattern: tuple[bool
 
     config = SDVGConfig(mode=spec.mode, tau=0.0, width=preset.width, height=preset.height,
                         num_blocks=preset.num_blocks, seed=seed, hybrid_k=spec.hybrid_k,
-                        accept_pattern=pattern)
+                        skip=spec.skip, accept_pattern=pattern)
     session = SDVGSession(
         drafter=system.drafter if spec.mode != "target_only" else None,
         target=system.target if spec.mode != "draft_only" else None,
@@ -559,7 +564,7 @@ def run_video(system: System, preset: Preset, spec: RunSpec, pattern: tuple[bool
     session.release()
     summary = result.summary
     return VideoTiming(seconds, summary["decisions"]["accepted"], summary["scored_blocks"],
-                       summary["model_calls"], summary["seconds"], peak)
+                       summary["model_calls"], summary["seconds"], peak, summary["decisions"]["skipped"])
 
 
 def pooled_seconds(videos: list[VideoTiming]) -> float:
@@ -610,11 +615,14 @@ def summarize_runs(timings: dict[RunSpec, list[VideoTiming]], components: Compon
     for spec, videos in timings.items():
         seconds = pooled_seconds(videos)
         scored = sum(v.scored for v in videos)
-        rate = sum(v.accepted for v in videos) / scored if spec.mode == "sdvg" and scored else None
+        skipped = statistics.fmean(v.skipped for v in videos)
+        # Over the scored blocks (the pattern decides those); skipped blocks are counted apart.
+        rate = (sum(v.accepted for v in videos) / scored
+                if spec.mode == "sdvg" and scored else None)
         predicted = video_seconds(components, spec.mode, num_blocks=num_blocks, accept_rate=rate,
-                                  hybrid_k=spec.hybrid_k)
+                                  hybrid_k=spec.hybrid_k, skipped=skipped)
         bound = predicted_speedup(components, spec.mode, num_blocks=num_blocks, accept_rate=rate,
-                                  hybrid_k=spec.hybrid_k)
+                                  hybrid_k=spec.hybrid_k, skipped=skipped)
         speedup = baseline / seconds
         stages = {k: statistics.fmean(v.stage_seconds.get(k, 0.0) for v in videos) for k in COMPONENTS}
         peaks = [v.peak_memory_mb for v in videos if v.peak_memory_mb is not None]
@@ -623,6 +631,8 @@ def summarize_runs(timings: dict[RunSpec, list[VideoTiming]], components: Compon
             "accept_rate": rate,
             "accept_rate_nominal": spec.accept_rate,
             "hybrid_k": spec.hybrid_k,
+            "skip": spec.skip,
+            "skipped_blocks": skipped,
             "seconds_per_video": seconds,
             "seconds_each": [v.seconds for v in videos],
             "speedup": speedup,
@@ -645,7 +655,8 @@ def check_targets(runs: list[dict]) -> dict:
     result = {"bound_fraction_required": TARGET_BOUND_FRACTION,
               "all_within_bound_fraction": not below, "below_bound_fraction": below, "speedup_at_0.73": {}}
     for k, required in SPEEDUP_TARGETS.items():
-        run = next((r for r in sdvg if r["hybrid_k"] == k and r["accept_rate_nominal"] == TARGET_ACCEPT_RATE),
+        run = next((r for r in sdvg if r["hybrid_k"] == k and r["accept_rate_nominal"] == TARGET_ACCEPT_RATE
+                    and r.get("skip", "none") == "none"),
                    None)
         if run is not None:
             result["speedup_at_0.73"][f"k={k}"] = {"required": required, "measured": run["speedup"],
@@ -668,7 +679,8 @@ def write_markdown(result: dict, path: Path) -> None:
         c = r["model_calls"]
         calls = f"{c['drafter']:g} / {c['target']:g} / {c['vae_decode']:g} / {c['router']:g}"
         peak = "-" if r["peak_memory_mb"] is None else f"{r['peak_memory_mb']:.0f}"
-        lines.append(f"| {r['mode']} | {rate} | {r['hybrid_k'] if r['mode'] == 'sdvg' else '-'} | "
+        mode = r["mode"] + (f" + skip {r['skip']} ({r['skipped_blocks']:g} blocks)" if r.get("skip", "none") != "none" else "")
+        lines.append(f"| {mode} | {rate} | {r['hybrid_k'] if r['mode'] == 'sdvg' else '-'} | "
                      f"{r['seconds_per_video']:.3f} | {r['speedup']:.2f}x | {r['bound']:.2f}x | "
                      f"{r['fraction_of_bound']:.0%} | {calls} | {peak} |")
     lines += ["", "Paper (2x RTX A6000, real weights): 1.59x at 73.1% accepted, 2.05x at 87.5%.", "",
@@ -699,7 +711,7 @@ def plot_speedups(result: dict, path: Path) -> None:
         curve = [(a, predicted_speedup(components, num_blocks=n, accept_rate=a, hybrid_k=k)) for a in grid]
         series.append(Series(f"bound, k={k}", curve, colour=colour))
         points = [(r["accept_rate"], r["speedup"]) for r in result["runs"]
-                  if r["mode"] == "sdvg" and r["hybrid_k"] == k]
+                  if r["mode"] == "sdvg" and r["hybrid_k"] == k and r.get("skip", "none") == "none"]
         series.append(Series(f"measured, k={k}", points, colour=colour, line=False, marker="o"))
     series.append(Series("paper (2x A6000, real weights, reference code)", [(a, s) for a, s in PAPER_POINTS],
                          colour=(0, 0, 0), line=False, marker="s",

@@ -89,11 +89,12 @@ class ComponentSeconds:
 
 def video_breakdown(c: ComponentSeconds, mode: str, *, num_blocks: int = 9,
                     accept_rate: float | None = None, hybrid_k: int = 0,
-                    num_steps: int = NUM_STEPS) -> dict[str, float]:
+                    num_steps: int = NUM_STEPS, skipped: float = 0.0) -> dict[str, float]:
     """Predicted seconds per component for one video: target, drafter, vae_decode, vae_encode, router.
 
-    ``accept_rate`` is over the ``num_blocks - 1`` scored blocks (sdvg only); ``hybrid_k``
-    is the step a rejected block's target resumes at (0 = from noise).
+    ``accept_rate`` is over the scored blocks (sdvg only): the ``num_blocks - 1`` later blocks
+    less the ``skipped`` ones, which verification skipping accepts without the router;
+    ``hybrid_k`` is the step a rejected block's target resumes at (0 = from noise).
     """
     if mode not in MODES:
         raise InputError(f"mode must be one of {MODES}, got {mode!r}.")
@@ -118,10 +119,13 @@ def video_breakdown(c: ComponentSeconds, mode: str, *, num_blocks: int = 9,
         cost["vae_decode"] += later * c.vae_decode_block
         return cost
 
-    rejected = later * (1.0 - accept_rate)
+    if not 0.0 <= skipped <= later:
+        raise InputError(f"skipped must be in 0..{later} blocks, got {skipped}.")
+    scored = later - skipped
+    rejected = scored * (1.0 - accept_rate)
     resumed_passes = (num_steps - hybrid_k) / num_steps
     cost["drafter"] = later * (c.drafter_context + c.drafter_block)
-    cost["router"] = later * c.router_block
+    cost["router"] = scored * c.router_block
     cost["target"] += rejected * (c.target_context + resumed_passes * c.target_block)
     cost["vae_decode"] += (later + rejected) * c.vae_decode_block
     return cost
@@ -133,11 +137,12 @@ def video_seconds(c: ComponentSeconds, mode: str, **kwargs) -> float:
 
 
 def predicted_speedup(c: ComponentSeconds, mode: str = "sdvg", *, num_blocks: int = 9,
-                      accept_rate: float | None = None, hybrid_k: int = 0) -> float:
+                      accept_rate: float | None = None, hybrid_k: int = 0,
+                      skipped: float = 0.0) -> float:
     """The bound: predicted target-only time over the predicted time of ``mode``."""
     baseline = video_seconds(c, "target_only", num_blocks=num_blocks)
     return baseline / video_seconds(c, mode, num_blocks=num_blocks, accept_rate=accept_rate,
-                                    hybrid_k=hybrid_k)
+                                    hybrid_k=hybrid_k, skipped=skipped)
 
 
 # ---------------------------------------------------------------------- the real system's FLOPs

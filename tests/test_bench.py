@@ -18,8 +18,10 @@ SECONDS = ComponentSeconds(target_context=1.0, target_block=10.0, drafter_contex
                            drafter_block_first=0.75, vae_decode_first=1.5, vae_encode_anchor=0.25)
 
 
-def simulate(c: ComponentSeconds, mode: str, num_blocks: int, decisions: list[bool], k: int) -> float:
-    """The spec's loop walked block by block, charging each model call as it happens."""
+def simulate(c: ComponentSeconds, mode: str, num_blocks: int, decisions: list[bool], k: int,
+             skipped: frozenset = frozenset()) -> float:
+    """The spec's loop walked block by block, charging each model call as it happens;
+    blocks in ``skipped`` are accepted without the router."""
     total, pass_t, pass_d = 0.0, c.target_block / NUM_STEPS, c.drafter_block / NUM_STEPS
     for b in range(num_blocks):
         if b >= 2:
@@ -34,7 +36,7 @@ def simulate(c: ComponentSeconds, mode: str, num_blocks: int, decisions: list[bo
             total += c.drafter_block_first + c.vae_decode_first
             continue
         total += c.drafter_context + NUM_STEPS * pass_d + c.vae_decode_block
-        if mode == "draft_only":
+        if mode == "draft_only" or b in skipped:
             continue
         total += c.router_block
         if not decisions[b - 1]:                             # rejected: the target redoes it
@@ -54,6 +56,22 @@ def test_cost_model_equals_a_block_by_block_walk(num_blocks, k):
             got = costmodel.video_seconds(SECONDS, mode, num_blocks=num_blocks,
                                           accept_rate=rate if mode == "sdvg" else None, hybrid_k=k)
             assert got == pytest.approx(expected, rel=1e-12)
+
+
+@pytest.mark.parametrize("k", [0, 3])
+def test_cost_model_with_skipped_blocks_equals_the_walk(k):
+    skipped = frozenset({2, 4, 6, 8})                 # uniform skipping, every 2nd block
+    scored = [b for b in range(1, 9) if b not in skipped]
+    for accepted in range(len(scored) + 1):
+        decisions = [True] * 8
+        for b in scored[accepted:]:
+            decisions[b - 1] = False
+        expected = simulate(SECONDS, "sdvg", 9, decisions, k, skipped)
+        got = costmodel.video_seconds(SECONDS, "sdvg", num_blocks=9, accept_rate=accepted / len(scored),
+                                      hybrid_k=k, skipped=len(skipped))
+        assert got == pytest.approx(expected, rel=1e-12)
+    with pytest.raises(InputError, match="skipped"):
+        costmodel.video_seconds(SECONDS, "sdvg", num_blocks=9, accept_rate=1.0, skipped=9)
 
 
 def test_cost_model_hand_computed():
@@ -167,9 +185,11 @@ def test_reduced_bench_writes_the_three_files_with_the_schema(smoke_result):
     assert set(costmodel.REQUIRED_KEYS) <= set(data["component_seconds"])
     assert all(isinstance(v, float) and v > 0 for v in data["component_seconds"].values())
     preset = bench.get_preset("smoke")
-    expected = {("target_only", None, 0), ("draft_only", None, 0)} | {
-        ("sdvg", a, k) for a in preset.accept_rates for k in preset.hybrid_ks}
-    assert {(r["mode"], r["accept_rate_nominal"], r["hybrid_k"]) for r in data["runs"]} == expected
+    expected = {("target_only", None, 0, "none"), ("draft_only", None, 0, "none")} | {
+        ("sdvg", a, k, "none") for a in preset.accept_rates for k in preset.hybrid_ks} | {
+        ("sdvg", a, 0, "uniform") for a in preset.skip_rates}
+    assert {(r["mode"], r["accept_rate_nominal"], r["hybrid_k"], r["skip"]) for r in data["runs"]} == expected
+    assert all(r["skipped_blocks"] > 0 for r in data["runs"] if r["skip"] == "uniform")
     for run in data["runs"]:
         for key in ("mode", "accept_rate", "hybrid_k", "seconds_per_video", "speedup", "bound",
                     "model_calls", "peak_memory_mb"):
@@ -194,7 +214,8 @@ def test_measured_model_calls_are_what_the_cost_model_counts(smoke_result):
                                 vae_encode_anchor=1)
     for run in data["runs"]:
         predicted = costmodel.video_breakdown(per_call, run["mode"], num_blocks=data["num_blocks"],
-                                              accept_rate=run["accept_rate"], hybrid_k=run["hybrid_k"])
+                                              accept_rate=run["accept_rate"], hybrid_k=run["hybrid_k"],
+                                              skipped=run["skipped_blocks"])
         assert run["model_calls"] == pytest.approx(predicted), run["mode"]
 
 
