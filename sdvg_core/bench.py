@@ -122,7 +122,7 @@ def _cpu_preset() -> Preset:
         name="cpu", device="cpu", dtype=torch.float32, width=64, height=48,
         drafter=WanConfig(dim=256, ffn_dim=1536, num_heads=2, num_layers=4, text_len=32),
         target=WanConfig(dim=1024, ffn_dim=2816, num_heads=8, num_layers=8, text_len=32),
-        vae_base_dim=4, repeats=4,
+        vae_base_dim=4, repeats=6,
         router=RouterSize(vision_hidden=32, vision_layers=1, vision_heads=1, vision_mlp=64,
                           text_hidden=32, text_layers=1, text_heads=1, text_mlp=64),
         calibrate=Calibration(vae_ratio=ratios["vae_decode_block"], drafter_ratio=ratios["drafter_block"],
