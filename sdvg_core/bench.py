@@ -11,8 +11,8 @@ every drafted block (and costs what it costs). A video has N-1 scored blocks (8 
 paper's 9 blocks), so a rate like 0.73 is not a whole number of blocks per video: the
 decisions are spread evenly over all repeats together (error diffusion), and the JSON
 gives the rate actually run (``accept_rate``) next to the one asked for
-(``accept_rate_nominal``). With the cpu preset's 4 repeats (32 decisions) 0, 0.25, 0.5
-and 1 are exact, 0.73 runs as 23/32 = 0.719 and 0.9 as 29/32 = 0.906.
+(``accept_rate_nominal``). With the cpu preset's 6 repeats (48 decisions) 0, 0.25, 0.5
+and 1 are exact, 0.73 runs as 35/48 = 0.729 and 0.9 as 43/48 = 0.896.
 ``seconds_per_video`` is the median over the repeats; when the repeats of a run differ in
 their number of accepted blocks it is the median of each group, weighted by how many
 videos the group has (the time at the pooled rate: a video's cost is linear in that number).
