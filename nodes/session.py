@@ -53,10 +53,14 @@ def start_session(*, drafter: LoadedModel, target: LoadedModel, vae: LoadedModel
         if not isinstance(value, LoadedModel) or value.role != role:
             raise InputError(f"{name}: expected the output of the SDVG {role} loader, got {value!r}.")
     text = pad_text(positive, dim=drafter.engine.cfg.text_dim)
-    ensure_loaded((drafter, target, vae, router), config)
+    # Baseline modes leave the models they never call where they are.
+    needed = {"drafter": config.mode != "target_only", "target": config.mode != "draft_only",
+              "router": config.mode == "sdvg", "vae": True}
+    ensure_loaded([m for m in (drafter, target, vae, router) if needed[m.role]], config)
+    use = lambda m: m.engine if needed[m.role] else None  # noqa: E731
     return SDVGSession(
-        drafter=drafter.engine, target=target.engine, vae=copy.copy(vae.engine),
-        scorer=router.engine, text=text, prompt=prompt, config=config,
+        drafter=use(drafter), target=use(target), vae=copy.copy(vae.engine),
+        scorer=use(router), text=text, prompt=prompt, config=config,
         on_block=block_reporter(node_id, config), check_interrupt=host.check_interrupt)
 
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from sdvg_core.speculative import AGGREGATIONS, SKIP_POLICIES, SDVGConfig
+from sdvg_core.speculative import AGGREGATIONS, MODES, SKIP_POLICIES, SDVGConfig
 
 TAU_MIN, TAU_MAX = -3.0, 2.0
 MAX_SEED = 0xFFFF_FFFF_FFFF_FFFF  # torch.Generator.manual_seed accepts 64 bits
@@ -56,14 +56,17 @@ def video_inputs() -> dict:
             "drafter's last two estimates agree."}),
         "drop_first_frames": ("BOOLEAN", {"default": True, "tooltip":
             "Drop block 0's first 3 pixel frames, as the reference code does."}),
+        "mode": (list(MODES), {"default": "sdvg", "tooltip":
+            "sdvg: speculative decoding. target_only / draft_only: the baselines, for a side-by-side "
+            "comparison with the same seed; they run only the model they need."}),
     }
 
 
 def make_config(*, width, height, num_blocks, seed, tau, aggregation, hybrid_k, skip,
-                drop_first_frames, **_ignored) -> SDVGConfig:
+                drop_first_frames, mode="sdvg", **_ignored) -> SDVGConfig:
     """The validated config; raises InputError (e.g. a size not divisible by 16) before any model runs."""
     return SDVGConfig(
-        mode="sdvg", tau=float(tau), aggregation=aggregation, width=int(width), height=int(height),
+        mode=mode, tau=float(tau), aggregation=aggregation, width=int(width), height=int(height),
         num_blocks=int(num_blocks), seed=int(seed), hybrid_k=int(hybrid_k), skip=skip,
         drop_first_frames=bool(drop_first_frames),
     ).validate()

@@ -253,7 +253,13 @@ def decode_video(path: Path) -> np.ndarray:
 
 
 def saved_videos(server: ComfyServer, prompt_id: str) -> list[Path]:
-    outputs = server.get(f"/history/{prompt_id}")[prompt_id]["outputs"]
+    # ComfyUI records the history entry just after the websocket says the prompt is done.
+    for _ in range(50):
+        history = server.get(f"/history/{prompt_id}")
+        if prompt_id in history:
+            break
+        time.sleep(0.1)
+    outputs = history[prompt_id]["outputs"]
     files = [item for out in outputs.values() for item in out.get("images", []) + out.get("videos", [])
              if item.get("type") == "output"]
     return [server.base / "output" / item["subfolder"] / item["filename"] for item in files]

@@ -330,6 +330,21 @@ def test_sampler_reports_each_block(composite_real):
         assert np.array_equal(np.asarray(preview), expected)
 
 
+@pytest.mark.parametrize("mode, unused", [("target_only", ("drafter", "router")), ("draft_only", ("target", "router"))])
+def test_sampler_baseline_modes_run_and_load_only_their_model(models, positive, monkeypatch, mode, unused):
+    loaded = []
+    monkeypatch.setattr(host, "load_models", lambda p, memory_required=0: loaded.extend(p))
+    monkeypatch.setattr(host, "send", lambda event, data: None)
+    monkeypatch.setattr(host, "progress", lambda *a, **k: None)
+    frames, _, stats_json, _ = call("SDVGSampler", models["drafter"], models["target"], models["vae"],
+                                    models["router"], positive, PROMPT, **{**VIDEO, "mode": mode})["result"]
+    stats = json.loads(stats_json)
+    assert frames.shape[0] == FRAMES
+    for component in unused:
+        assert stats["summary"]["model_calls"][component] == 0
+    assert len(loaded) == 2  # the one generating model and the VAE
+
+
 def test_sampler_reserves_memory_for_the_caches(composite_real, models):
     """load_models gets every model and room for both runners' caches, computed here from the
     configs; the caches the session really allocated (measured before release) fit in it."""
