@@ -10,7 +10,7 @@ step refuses to run out of order.
 from __future__ import annotations
 
 import time
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import dataclass, field
 from typing import Any, Callable
 
 import torch
