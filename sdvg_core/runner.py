@@ -51,6 +51,8 @@ class BlockRunner:
         if self._text_cache is None:
             with meter.time(self.name, self.device), torch.no_grad():
                 self._text_cache = self.model.encode_text(self.text.to(self.device, self.dtype))
+        if self._kv is not None and self._kv.k[0].device != self.device:
+            self._kv = None  # the host moved the model since the cache was made
         if self._kv is None:
             h, w = self.latent_hw
             frame_tokens = self.model.cfg.frame_tokens(h, w)
