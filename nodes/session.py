@@ -54,10 +54,9 @@ def start_session(*, drafter: LoadedModel, target: LoadedModel, vae: LoadedModel
             raise InputError(f"{name}: expected the output of the SDVG {role} loader, got {value!r}.")
     text = pad_text(positive, dim=drafter.engine.cfg.text_dim)
     # Baseline modes leave the models they never call where they are.
-    needed = {"drafter": config.mode != "target_only", "target": config.mode != "draft_only",
-              "router": config.mode == "sdvg", "vae": True}
-    ensure_loaded([m for m in (drafter, target, vae, router) if needed[m.role]], config)
-    use = lambda m: m.engine if needed[m.role] else None  # noqa: E731
+    needed = config.models | {"vae"}
+    ensure_loaded([m for m in (drafter, target, vae, router) if m.role in needed], config)
+    use = lambda m: m.engine if m.role in needed else None  # noqa: E731
     return SDVGSession(
         drafter=use(drafter), target=use(target), vae=copy.copy(vae.engine),
         scorer=use(router), text=text, prompt=prompt, config=config,

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from sdvg_core.speculative import AGGREGATIONS, MODES, SKIP_POLICIES, SDVGConfig
+from sdvg_core.router import AGGREGATIONS
+from sdvg_core.speculative import MODES, SKIP_POLICIES, SDVGConfig
 
 TAU_MIN, TAU_MAX = -3.0, 2.0
 MAX_SEED = 0xFFFF_FFFF_FFFF_FFFF  # torch.Generator.manual_seed accepts 64 bits

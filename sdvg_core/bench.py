@@ -548,10 +548,11 @@ def run_video(system: System, preset: Preset, spec: RunSpec, pattern: tuple[bool
     config = SDVGConfig(mode=spec.mode, tau=0.0, width=preset.width, height=preset.height,
                         num_blocks=preset.num_blocks, seed=seed, hybrid_k=spec.hybrid_k,
                         skip=spec.skip, accept_pattern=pattern)
+    models = config.models  # baselines run only their own model
     session = SDVGSession(
-        drafter=system.drafter if spec.mode != "target_only" else None,
-        target=system.target if spec.mode != "draft_only" else None,
-        vae=system.vae, scorer=system.scorer if spec.mode == "sdvg" else None,
+        drafter=system.drafter if "drafter" in models else None,
+        target=system.target if "target" in models else None,
+        vae=system.vae, scorer=system.scorer if "router" in models else None,
         text=system.text, prompt=system.prompt, config=config)
     device = system.vae.device
     memory.reset()

@@ -16,7 +16,8 @@ from pathlib import Path
 import torch
 
 from .errors import InputError, MissingFileError
-from .speculative import MODES, SKIP_POLICIES, AGGREGATIONS, SDVGConfig, SDVGSession
+from .router import AGGREGATIONS
+from .speculative import MODES, SKIP_POLICIES, SDVGConfig, SDVGSession
 from .video import write_video
 
 DTYPES = {"bfloat16": torch.bfloat16, "float16": torch.float16, "float32": torch.float32}
@@ -126,12 +127,13 @@ def main(args) -> int:
     encoder = UMT5TextEncoder.from_folder(args.text_encoder, args.tokenizer, device=device, dtype=dtype)
     texts = [encoder.encode(p).cpu() for p in prompts]  # encode all, then free the encoder
     del encoder
+    models = config.models  # a baseline loads only its own model
     drafter = load_wan(args.drafter, variant=args.drafter_variant, dtype=dtype, device=device) \
-        if config.mode != "target_only" else None
-    target = load_wan(args.target, dtype=dtype, device=device) if config.mode != "draft_only" else None
+        if "drafter" in models else None
+    target = load_wan(args.target, dtype=dtype, device=device) if "target" in models else None
     vae = StreamingVAE.from_single_file(args.vae, dtype=dtype, device=device)
     scorer = ImageRewardScorer.from_folder(args.router, device=device, dtype=torch.float32) \
-        if config.mode == "sdvg" else None
+        if "router" in models else None
 
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)

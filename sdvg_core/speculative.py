@@ -17,15 +17,15 @@ import torch
 import torch.nn.functional as F
 
 from .errors import InputError, SDVGError
+from .router import AGGREGATIONS, FixedTau, Router
 from .runner import BlockRunner
 from .schedule import FRAMES_PER_BLOCK, NUM_STEPS, NoisePlan, anchor_pixel_index, context_latents
 from .stats import BlockStats, Meter, summarize
+from .wan import check_compatible
 
 MODES = ("sdvg", "target_only", "draft_only")
 SKIP_POLICIES = ("none", "uniform", "dynamic")
-AGGREGATIONS = ("min", "mean", "quantile")
 SPATIAL_STRIDE = 16  # VAE stride 8 times patch 2
-PHASES = ("draft", "route", "regenerate", "commit", "done")
 
 
 @dataclass(frozen=True)
@@ -83,12 +83,20 @@ class SDVGConfig:
     def latent_hw(self) -> tuple[int, int]:
         return self.height // 8, self.width // 8
 
+    @property
+    def models(self) -> frozenset[str]:
+        """The models this mode calls, of "drafter", "target", "router": baselines run only their own."""
+        used = {"drafter": self.mode != "target_only", "target": self.mode != "draft_only",
+                "router": self.mode == "sdvg"}
+        return frozenset(name for name, yes in used.items() if yes)
+
 
 @dataclass
 class Pending:
     """What the current block has produced so far, between steps."""
 
-    context: dict[str, torch.Tensor | None] = field(default_factory=dict)
+    context: torch.Tensor | None = None  # the block's context latents, once assembled
+    context_ready: bool = False
     draft: Any = None                 # BlockSample of the drafter
     draft_pixels: torch.Tensor | None = None
     vae_state: Any = None             # the decode stream before the draft was decoded
@@ -127,17 +135,11 @@ class SDVGSession:
                  on_block: Callable[[BlockEvent], None] | None = None,
                  check_interrupt: Callable[[], None] | None = None):
         """``scorer`` scores frames (ImageRewardScorer); ``policy`` defaults to FixedTau(config.tau)."""
-        from .router import FixedTau, Router
-
         self.config = config.validate()
-        mode = config.mode
-        needs = {"drafter": mode != "target_only", "target": mode != "draft_only",
-                 "scorer": mode == "sdvg"}
-        for name, model in (("drafter", drafter), ("target", target), ("scorer", scorer)):
-            if needs[name] and model is None:
-                raise InputError(f"mode {mode!r} needs a {name}; none was given.")
+        for name, model in (("drafter", drafter), ("target", target), ("router", scorer)):
+            if name in config.models and model is None:
+                raise InputError(f"mode {config.mode!r} needs a {name}; none was given.")
         if drafter is not None and target is not None:
-            from .wan import check_compatible
             check_compatible(drafter, target)
         if text.dim() == 2:
             text = text.unsqueeze(0)
@@ -189,11 +191,13 @@ class SDVGSession:
         return self.block
 
     def _context(self, runner: BlockRunner, b: int) -> torch.Tensor | None:
-        """Context latents for a runner; the anchor is encoded once per block, shared."""
-        if b not in self.pending.context:
+        """Context latents for a runner; assembled (and the anchor encoded) once per block."""
+        p = self.pending
+        if not p.context_ready:
             committed = torch.cat(self.latents, dim=1) if self.latents else None
-            self.pending.context[b] = None if b == 0 else context_latents(b, committed, self._anchor)
-        return self.pending.context[b]
+            p.context = None if b == 0 else context_latents(b, committed, self._anchor)
+            p.context_ready = True
+        return p.context
 
     def _pixel_frame(self, index: int) -> torch.Tensor:
         """A committed decoder frame, [B, 3, H, W] in [-1, 1], by its index in the whole stream.
