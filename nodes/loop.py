@@ -17,7 +17,7 @@ from typing import Any
 
 from sdvg_core.errors import SDVGError
 
-from .modular import CATEGORY, SESSION, SessionToken, _Stateful, _token
+from .modular import CATEGORY, CHAIN, SESSION, SessionToken, _Stateful, _token
 
 LOOP = "SDVG_LOOP"
 RECURSE = "Recurse"  # id suffix of the copied Loop End, as in ComfyUI's while-loop test nodes
@@ -82,9 +82,11 @@ class SDVGLoopStart(_Stateful):
 
     RETURN_TYPES = (LOOP, SESSION)
     RETURN_NAMES = ("loop", "session")
-    OUTPUT_TOOLTIPS = ("Connect to SDVG Block Loop End's 'loop'.", "Connect to Draft Block.")
+    OUTPUT_TOOLTIPS = ("Connect to SDVG Block Loop End's 'loop'.", "Connect to SDVG Draft Block.")
     FUNCTION = "start"
     CATEGORY = CATEGORY
+    DESCRIPTION = ("Where the per-block loop begins: the nodes from here to SDVG Block Loop End run once "
+                   "per block.")
 
     @classmethod
     def INPUT_TYPES(cls):
@@ -92,7 +94,7 @@ class SDVGLoopStart(_Stateful):
 
     def start(self, session):
         token = _token(session, "SDVG Block Loop Start")
-        token.run.loop_block = token.session.block  # Loop End checks the body made progress
+        token.run.loop_start_block = token.session.block  # Loop End checks the body made progress
         return ("loop", token)
 
 
@@ -104,13 +106,15 @@ class SDVGLoopEnd(_Stateful):
     OUTPUT_TOOLTIPS = ("The finished session: connect to SDVG Finish.",)
     FUNCTION = "end"
     CATEGORY = CATEGORY
+    DESCRIPTION = ("Runs the nodes since SDVG Block Loop Start again (ComfyUI node expansion) until every "
+                   "block is committed, then passes the finished session on.")
 
     @classmethod
     def INPUT_TYPES(cls):
         return {
             "required": {
                 "loop": (LOOP, {"rawLink": True, "tooltip": "From SDVG Block Loop Start's 'loop'."}),
-                "session": (SESSION, {"tooltip": "From Commit-to-KV."}),
+                "session": (SESSION, {"tooltip": "From SDVG Commit Block."}),
             },
             "hidden": {"dynprompt": "DYNPROMPT", "unique_id": "UNIQUE_ID"},
         }
@@ -119,11 +123,10 @@ class SDVGLoopEnd(_Stateful):
         token: SessionToken = _token(session, "SDVG Block Loop End")
         if token.session.done:
             return (token,)
-        if token.session.block == getattr(token.run, "loop_block", None):
+        if token.session.block == token.run.loop_start_block:
             raise SDVGError(
                 "SDVG Block Loop End: the nodes since SDVG Block Loop Start committed no block, so the "
-                "loop would never end. Chain Draft Block -> ImageReward Router -> Regenerate -> "
-                "Commit-to-KV between them.")
+                f"loop would never end. Chain {CHAIN} between them.")
         if dynprompt is None or unique_id is None or not is_link(loop):
             raise RuntimeError("SDVG Block Loop End needs ComfyUI's executor (dynprompt, unique_id, a linked 'loop').")
         nodes, result = expand_loop(dynprompt, loop[0], unique_id)

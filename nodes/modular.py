@@ -18,7 +18,6 @@ consumers. A session is mutable, so:
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Callable
 
 from sdvg_core.errors import SDVGError
 
@@ -28,31 +27,32 @@ from .settings import make_config
 
 SESSION = "SDVG_SESSION"
 CATEGORY = "SDVG/modular"
+CHAIN = "SDVG Draft Block -> SDVG Verify Draft -> SDVG Regenerate Block -> SDVG Commit Block"
 
 
 class ModularRun:
     """One video being built step by step, and which token is current."""
 
-    def __init__(self, session, models, prompt: str, vae, node_id):
-        self.session, self.models, self.prompt, self.vae, self.node_id = session, models, prompt, vae, node_id
+    def __init__(self, session, models, prompt: str, node_id):
+        self.session, self.models, self.prompt, self.node_id = session, models, prompt, node_id
         self.steps = 0
+        self.loop_start_block: int | None = None  # blocks committed when Loop Start last ran
 
-    def advance(self, token: "SessionToken", step: str, action: Callable[[], object]):
-        """Run one session step for the holder of the newest token; return (new token, result)."""
+    def advance(self, token: "SessionToken", step: str, node: str):
+        """Run one session step for the holder of the newest token; return (new token, its value)."""
         if token.steps != self.steps:
             raise SDVGError(
-                f"{step}: this SDVG_SESSION value is stale (made after step {token.steps}, the session "
+                f"{node}: this SDVG_SESSION value is stale (made after step {token.steps}, the session "
                 f"is at step {self.steps}). One session output is wired into two step nodes, or a "
-                "value is reused after the session moved on. Chain the modular nodes in a single "
-                "line: Draft Block -> ImageReward Router -> Regenerate -> Commit-to-KV.")
+                f"value is reused after the session moved on. Chain the modular nodes in a single line: {CHAIN}.")
         sdvg.ensure_loaded(self.models, self.session.config)
         try:
-            out = action()
+            value = self.session.step(step)
         except BaseException:
             self.session.release()
             raise
         self.steps += 1
-        return SessionToken(self, self.steps), out
+        return SessionToken(self, self.steps), value
 
 
 @dataclass(frozen=True, eq=False)
@@ -67,8 +67,9 @@ class SessionToken:
         return self.run.session
 
     def __repr__(self) -> str:
-        s = self.run.session
-        return f"<SDVG session: block {s.block}/{s.config.num_blocks}, next '{s.phase}'>"
+        s, upcoming = self.run.session, self.run.session.next_step
+        nxt = "done" if upcoming is None else f"next '{upcoming[1]}'"
+        return f"<SDVG session: block {s.block}/{s.config.num_blocks}, {nxt}>"
 
 
 def _token(value, node: str) -> SessionToken:
@@ -97,8 +98,10 @@ class SDVGBegin(_Stateful):
 
     RETURN_TYPES = (SESSION,)
     RETURN_NAMES = ("session",)
+    OUTPUT_TOOLTIPS = ("Connect to SDVG Block Loop Start.",)
     FUNCTION = "begin"
-    DESCRIPTION = "Starts a step-by-step SDVG video; loop Draft -> Router -> Regenerate -> Commit over its blocks."
+    DESCRIPTION = ("Starts a step-by-step SDVG video with the SDVG Sampler's inputs. Put SDVG Block Loop "
+                   f"Start/End around {CHAIN}; SDVG Finish gives the video.")
 
     @classmethod
     def INPUT_TYPES(cls):
@@ -109,77 +112,55 @@ class SDVGBegin(_Stateful):
         session = sdvg.start_session(drafter=drafter, target=target, vae=vae, router=router,
                                      positive=positive, prompt=prompt, config=config,
                                      node_id=unique_id)
-        run = ModularRun(session, (drafter, target, vae, router), prompt, vae, unique_id)
+        run = ModularRun(session, (drafter, target, vae, router), prompt, unique_id)
         return (SessionToken(run, 0),)
 
 
-class SDVGDraftBlock(_Stateful):
-    """The drafter proposes the current block (block 0 is left to the target)."""
+class _Step(_Stateful):
+    """A node that runs one step of the session (``STEP``, a name of sdvg_core.speculative.STEPS)."""
 
+    STEP = ""
     RETURN_TYPES = (SESSION,)
     RETURN_NAMES = ("session",)
-    FUNCTION = "draft"
+    OUTPUT_TOOLTIPS = ("The session, for the next step.",)
+    FUNCTION = "run_step"
 
     @classmethod
     def INPUT_TYPES(cls):
         return {"required": session_input()}
 
-    def draft(self, session):
-        token = _token(session, "Draft Block")
-        new, _ = token.run.advance(token, "Draft Block", token.session.draft)
-        return (new,)
+    def run_step(self, session):
+        node = type(self).__name__
+        token = _token(session, node)
+        new, value = token.run.advance(token, self.STEP, node)
+        return (new,) + ((value,) if len(self.RETURN_TYPES) > 1 else ())
 
 
-class SDVGRouteBlock(_Stateful):
-    """Decodes the draft and lets ImageReward accept (score >= tau) or reject it."""
+class SDVGDraftBlock(_Step):
+    STEP = "draft"
+    DESCRIPTION = ("The drafter (1.3B) proposes the current block: its context pass, 5 denoising passes, "
+                   "and the decode of its frames. Block 0 is left to the target.")
 
+
+class SDVGRouteBlock(_Step):
+    STEP = "verify"
     RETURN_TYPES = (SESSION, "STRING")
     RETURN_NAMES = ("session", "decision")
-    OUTPUT_TOOLTIPS = ("The session.", "target, accepted, rejected or skipped.")
-    FUNCTION = "route"
-
-    @classmethod
-    def INPUT_TYPES(cls):
-        return {"required": session_input()}
-
-    def route(self, session):
-        token = _token(session, "ImageReward Router")
-        new, decision = token.run.advance(token, "ImageReward Router", token.session.route)
-        return (new, decision)
+    OUTPUT_TOOLTIPS = ("The session, for the next step.", "target, accepted, rejected or skipped.")
+    DESCRIPTION = ("ImageReward scores every drafted frame against the prompt; the draft is kept when its "
+                   "worst frame's score reaches tau.")
 
 
-class SDVGRegenerateBlock(_Stateful):
-    """The target generates the block if the draft was rejected (nothing otherwise)."""
-
-    RETURN_TYPES = (SESSION,)
-    RETURN_NAMES = ("session",)
-    FUNCTION = "regenerate"
-
-    @classmethod
-    def INPUT_TYPES(cls):
-        return {"required": session_input()}
-
-    def regenerate(self, session):
-        token = _token(session, "Regenerate")
-        new, _ = token.run.advance(token, "Regenerate", token.session.regenerate)
-        return (new,)
+class SDVGRegenerateBlock(_Step):
+    STEP = "regenerate"
+    DESCRIPTION = ("If the draft was rejected (or block 0), the target (14B) generates the block from the same "
+                   "noise; a kept draft passes through untouched.")
 
 
-class SDVGCommitBlock(_Stateful):
-    """Keeps the block's latents, from which the next model rebuilds its KV cache."""
-
-    RETURN_TYPES = (SESSION,)
-    RETURN_NAMES = ("session",)
-    FUNCTION = "commit"
-
-    @classmethod
-    def INPUT_TYPES(cls):
-        return {"required": session_input()}
-
-    def commit(self, session):
-        token = _token(session, "Commit-to-KV")
-        new, _ = token.run.advance(token, "Commit-to-KV", token.session.commit)
-        return (new,)
+class SDVGCommitBlock(_Step):
+    STEP = "commit"
+    DESCRIPTION = ("Keeps the block's latents and frames; the next block's model rebuilds its KV cache "
+                   "from them.")
 
 
 class SDVGFinish(_Stateful):
@@ -188,10 +169,11 @@ class SDVGFinish(_Stateful):
     RETURN_TYPES = ("IMAGE", "LATENT", "STRING", "IMAGE")
     RETURN_NAMES = ("frames", "latent", "stats_json", "timeline")
     FUNCTION = "finish"
+    DESCRIPTION = "The finished video of a step-by-step session: the SDVG Sampler's four outputs."
 
     @classmethod
     def INPUT_TYPES(cls):
-        return {"required": session_input("The session after its last Commit-to-KV (from SDVG Block Loop End).")}
+        return {"required": session_input("The session after its last SDVG Commit Block (from SDVG Block Loop End).")}
 
     def finish(self, session):
         token = _token(session, "SDVG Finish")
@@ -199,7 +181,7 @@ class SDVGFinish(_Stateful):
         if not s.done:
             raise SDVGError(
                 f"SDVG Finish: only {s.block} of {s.config.num_blocks} blocks are committed. Put "
-                "SDVG Block Loop Start/End around the four step nodes so every block is generated.")
+                f"SDVG Block Loop Start/End around {CHAIN} so every block is generated.")
         result = s.result()
         s.release()
-        return sdvg.outputs(result, s.config, run.vae, run.prompt, run.node_id)
+        return sdvg.outputs(result, s.config, run.prompt, run.node_id)

@@ -37,7 +37,7 @@ class SDVGSampler:
             result = session.run()
         finally:
             session.release()  # the KV caches are invisible to ComfyUI's memory manager
-        return sdvg.outputs(result, config, vae, prompt, unique_id)
+        return sdvg.outputs(result, config, prompt, unique_id)
 
 
 def sdvg_inputs() -> dict:

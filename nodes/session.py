@@ -11,11 +11,13 @@ import numpy as np
 import torch
 from PIL import Image
 
+from sdvg_core.config import SDVGConfig
 from sdvg_core.errors import InputError
-from sdvg_core.runner import WINDOW_FRAMES
-from sdvg_core.speculative import BlockEvent, SDVGConfig, SDVGResult, SDVGSession
-from sdvg_core.text import TEXT_LEN, pad_text
+from sdvg_core.runner import cache_bytes
+from sdvg_core.speculative import BlockEvent, SDVGResult, SDVGSession
+from sdvg_core.text import pad_text
 from sdvg_core.timeline import render_timeline
+from sdvg_core.vae import to_raw_latents
 
 from . import host
 from .loaders import LoadedModel
@@ -24,15 +26,6 @@ BLOCK_EVENT = "sdvg.block"          # websocket message the web/ extension liste
 UI_BLOCKS = "sdvg_blocks"           # key of the blocks in a node's "ui" output
 TIMELINE_SIZE = (768, 256)
 _ACTIVATION_MARGIN = 1.25           # KV caches are most of the extra memory; keep headroom
-
-
-def cache_bytes(model, config: SDVGConfig) -> int:
-    """Bytes of one runner's caches: the 6-frame self-attention window and the text K/V."""
-    cfg = model.cfg
-    h, w = config.latent_hw
-    tokens = WINDOW_FRAMES * cfg.frame_tokens(h, w) + TEXT_LEN
-    size = torch.finfo(model.compute_dtype).bits // 8
-    return 2 * cfg.num_layers * tokens * cfg.dim * size
 
 
 def start_session(*, drafter: LoadedModel, target: LoadedModel, vae: LoadedModel,
@@ -66,7 +59,7 @@ def start_session(*, drafter: LoadedModel, target: LoadedModel, vae: LoadedModel
 def ensure_loaded(models, config: SDVGConfig) -> None:
     """Through ComfyUI's model management: offload other models, keep room for the caches."""
     wan = [m.engine for m in models if m.role in ("drafter", "target")]
-    extra = sum(cache_bytes(m, config) for m in wan) * _ACTIVATION_MARGIN
+    extra = sum(cache_bytes(m.cfg, config.latent_hw, m.compute_dtype) for m in wan) * _ACTIVATION_MARGIN
     host.load_models([m.patcher for m in models], memory_required=int(extra))
 
 
@@ -94,14 +87,10 @@ def block_reporter(node_id: str | None, config: SDVGConfig):
     return report
 
 
-def latent_output(result: SDVGResult, vae: LoadedModel) -> dict:
+def latent_output(result: SDVGResult) -> dict:
     """ComfyUI's Wan LATENT: raw VAE latents [B, 16, F, h, w] (the core keeps them normalised
     [B, F, 16, h, w]; ComfyUI normalises inside its samplers and VAEDecode takes raw)."""
-    vae_config = vae.engine.vae.config
-    mean = torch.tensor(vae_config.latents_mean, dtype=torch.float32).view(1, 1, -1, 1, 1)
-    std = torch.tensor(vae_config.latents_std, dtype=torch.float32).view(1, 1, -1, 1, 1)
-    raw = result.latents.float().cpu() * std + mean
-    return {"samples": raw.permute(0, 2, 1, 3, 4).contiguous()}
+    return {"samples": to_raw_latents(result.latents).permute(0, 2, 1, 3, 4).contiguous()}
 
 
 def timeline_image(blocks, tau: float) -> torch.Tensor:
@@ -115,12 +104,12 @@ def stats_json(result: SDVGResult, config: SDVGConfig, prompt: str) -> str:
     return json.dumps({**result.stats_dict(), "config": asdict(config), "prompt": prompt}, indent=2)
 
 
-def outputs(result: SDVGResult, config: SDVGConfig, vae: LoadedModel, prompt: str, node_id=None) -> dict:
+def outputs(result: SDVGResult, config: SDVGConfig, prompt: str, node_id=None) -> dict:
     """(frames IMAGE, LATENT, stats STRING, timeline IMAGE) plus the blocks for the web timeline."""
     frames = result.frames.float().cpu().contiguous()
     blocks = [block_payload(b, config.tau, len(result.blocks), node_id) for b in result.blocks]
     return {
         "ui": {UI_BLOCKS: blocks},
-        "result": (frames, latent_output(result, vae), stats_json(result, config, prompt),
+        "result": (frames, latent_output(result), stats_json(result, config, prompt),
                    timeline_image(result.blocks, config.tau)),
     }

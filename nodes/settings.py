@@ -2,11 +2,9 @@
 
 from __future__ import annotations
 
-from sdvg_core.router import AGGREGATIONS
-from sdvg_core.speculative import MODES, SKIP_POLICIES, SDVGConfig
+from sdvg_core.config import AGGREGATIONS, MAX_SEED, MODES, SKIP_POLICIES, SDVGConfig
 
 TAU_MIN, TAU_MAX = -3.0, 2.0
-MAX_SEED = 0xFFFF_FFFF_FFFF_FFFF  # torch.Generator.manual_seed accepts 64 bits
 
 TAU_TOOLTIP = (
     "Routing threshold on the ImageReward score of a drafted block's worst frame. A draft is "

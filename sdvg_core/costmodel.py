@@ -193,17 +193,21 @@ def count_reference_flops(width: int = 832, height: int = 480) -> dict[str, floa
                      for name, ops in counter.get_flop_counts().items()}
         return counter.get_total_flops(), by_module
 
+    from diffusers import WanTransformer3DModel
+
+    from .wan import WanConfig
+
     lat_h, lat_w = height // 8, width // 8
     flops: dict[str, float] = {}
-    for role, (heads, ffn, layers) in {"drafter": (12, 8960, 30), "target": (40, 13824, 40)}.items():
-        from diffusers import WanTransformer3DModel
-
+    for role, cfg in {"drafter": WanConfig.wan_1_3b(), "target": WanConfig.wan_14b()}.items():
         with torch.device("meta"):
-            model = WanTransformer3DModel(num_attention_heads=heads, attention_head_dim=128,
-                                          ffn_dim=ffn, num_layers=layers)
-            x = torch.empty(1, 16, 3, lat_h, lat_w)
+            model = WanTransformer3DModel(num_attention_heads=cfg.num_heads, attention_head_dim=cfg.head_dim,
+                                          ffn_dim=cfg.ffn_dim, num_layers=cfg.num_layers,
+                                          in_channels=cfg.in_dim, out_channels=cfg.out_dim,
+                                          text_dim=cfg.text_dim, freq_dim=cfg.freq_dim)
+            x = torch.empty(1, cfg.in_dim, 3, lat_h, lat_w)
             t = torch.full((1,), 500.0)
-            text = torch.empty(1, 512, 4096)
+            text = torch.empty(1, cfg.text_len, cfg.text_dim)
         total, by_module = count(lambda: model(x, t, text))
         cached_text = sum(sum(ops.values()) for name, ops in by_module.items()
                           if name.endswith(("condition_embedder.text_embedder",
@@ -223,12 +227,12 @@ def count_reference_flops(width: int = 832, height: int = 480) -> dict[str, floa
 
 def _vae_flops(count, lat_h: int, lat_w: int, height: int, width: int) -> dict[str, float]:
     import torch
-    from diffusers import AutoencoderKLWan
+
+    from .vae import LATENT_CHANNELS, wan21_autoencoder
 
     with torch.device("meta"):
-        vae = AutoencoderKLWan(base_dim=96, z_dim=16, dim_mult=[1, 2, 4, 4], num_res_blocks=2,
-                               attn_scales=[], temperal_downsample=[False, True, True])
-        z = torch.empty(1, 16, 3, lat_h, lat_w)
+        vae = wan21_autoencoder()
+        z = torch.empty(1, LATENT_CHANNELS, 3, lat_h, lat_w)
         frame = torch.empty(1, 3, 1, height, width)
     vae.clear_cache()  # sizes its cache lists
     cache = [None] * len(vae._feat_map)
@@ -247,17 +251,17 @@ def _vae_flops(count, lat_h: int, lat_w: int, height: int, width: int) -> dict[s
 
 def _router_flops(count, frames: int) -> float:
     import torch
-    from transformers import BlipTextConfig, BlipTextModel, BlipVisionConfig, BlipVisionModel
+    from transformers import BlipTextModel, BlipVisionModel
 
-    vision_config = BlipVisionConfig(hidden_size=1024, intermediate_size=4096, num_hidden_layers=24,
-                                     num_attention_heads=16, image_size=224, patch_size=16)
-    text_config = BlipTextConfig(hidden_size=768, intermediate_size=3072, num_hidden_layers=12,
-                                 num_attention_heads=12, encoder_hidden_size=1024)
+    from .random_models import RouterSize
+    from .router import IMAGE_SIZE, PROMPT_MAX_LENGTH, text_config_from_med
+
+    size = RouterSize()  # ImageReward v1.0: BLIP ViT-L/16 + BERT-base
     with torch.device("meta"):
-        vision = BlipVisionModel(vision_config)
-        text = BlipTextModel(text_config, add_pooling_layer=False)
-        pixels = torch.empty(frames, 3, 224, 224)
-        ids = torch.zeros(frames, 35, dtype=torch.long)
+        vision = BlipVisionModel(size.vision_config())
+        text = BlipTextModel(text_config_from_med(size.med_config(), size.vision_hidden), add_pooling_layer=False)
+        pixels = torch.empty(frames, 3, IMAGE_SIZE, IMAGE_SIZE)
+        ids = torch.zeros(frames, PROMPT_MAX_LENGTH, dtype=torch.long)
 
     def score():
         image = vision(pixel_values=pixels).last_hidden_state

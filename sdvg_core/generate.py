@@ -16,8 +16,8 @@ from pathlib import Path
 import torch
 
 from .errors import InputError, MissingFileError
-from .router import AGGREGATIONS
-from .speculative import MODES, SKIP_POLICIES, SDVGConfig, SDVGSession
+from .config import AGGREGATIONS, MODES, SKIP_POLICIES, SDVGConfig
+from .speculative import SDVGSession
 from .video import write_video
 
 DTYPES = {"bfloat16": torch.bfloat16, "float16": torch.float16, "float32": torch.float32}

@@ -1,6 +1,6 @@
-"""One Wan model generating blocks in the window cache regime (spec section 2, steps 1 and 3).
+"""One Wan model generating blocks in the window cache regime (docs/algorithm.md, 2.1 and 2.3).
 
-A runner owns what a model needs across blocks of one video: its self-attention KV cache
+A runner owns what a model needs across the blocks of one video: its self-attention KV cache
 (6 latent frames: 3 context + 3 current), the text's cross-attention K/V (computed once per
 video, lazily: a target that never runs never encodes the text), and a call counter. The
 model itself stays stateless, so drafter and target modules can be shared between sessions.
@@ -12,16 +12,26 @@ from typing import Callable
 
 import torch
 
-from .errors import NumericalError
-from .schedule import FRAMES_PER_BLOCK, BlockSample, denoise_block
+from .finite import check_finite
+from .schedule import FRAMES_PER_BLOCK, BlockSample, NoisePlan, denoise_block
 from .stats import Meter
+from .wan.model import KVCache, TextCache
 
 WINDOW_FRAMES = 2 * FRAMES_PER_BLOCK
 
 
+def cache_bytes(cfg, latent_hw: tuple[int, int], dtype: torch.dtype, batch: int = 1) -> int:
+    """Bytes of one runner's caches: the 6-frame self-attention window and the text K/V."""
+    frame_tokens = cfg.frame_tokens(*latent_hw)
+    return (KVCache.bytes_for(cfg, batch, WINDOW_FRAMES, frame_tokens, dtype)
+            + TextCache.bytes_for(cfg, batch, dtype))
+
+
 class BlockRunner:
-    def __init__(self, name: str, model: torch.nn.Module, text: torch.Tensor,
-                 latent_hw: tuple[int, int], *, before_call: Callable[[], None] | None = None):
+    def __init__(self, name: str, model, text: torch.Tensor, latent_hw: tuple[int, int], *,
+                 before_call: Callable[[], None] | None = None):
+        """``model``: a CausalWanModel, or any object with its interface (cfg, device,
+        compute_dtype, encode_text, new_cache, and the cached forward call)."""
         self.name = name
         self.model = model
         self.text = text
@@ -32,11 +42,11 @@ class BlockRunner:
 
     @property
     def device(self) -> torch.device:
-        return next(self.model.parameters()).device
+        return self.model.device
 
     @property
     def dtype(self) -> torch.dtype:
-        return getattr(self.model, "compute_dtype", None) or next(self.model.parameters()).dtype
+        return self.model.compute_dtype
 
     def reset(self) -> None:
         """Forget the text of the previous video (the KV cache is rebuilt before every use)."""
@@ -54,34 +64,45 @@ class BlockRunner:
         if self._kv is not None and self._kv.k[0].device != self.device:
             self._kv = None  # the host moved the model since the cache was made
         if self._kv is None:
-            h, w = self.latent_hw
-            frame_tokens = self.model.cfg.frame_tokens(h, w)
+            frame_tokens = self.model.cfg.frame_tokens(*self.latent_hw)
             self._kv = self.model.new_cache(self.text.shape[0], WINDOW_FRAMES, frame_tokens,
                                             dtype=self.dtype, device=self.device)
 
-    def _forward(self, x: torch.Tensor, t: float, slot: int, meter: Meter) -> torch.Tensor:
+    def _forward(self, block: int, x: torch.Tensor, t: float, slot: int, meter: Meter,
+                 what: str = "") -> torch.Tensor:
         self.before_call()
         timestep = torch.full(x.shape[:2], float(t), device=self.device)
         with meter.time(self.name, self.device), torch.no_grad():
             v = self.model(x.to(self.device, self.dtype), timestep, self._text_cache, self._kv,
                            slot=slot, rope_start=slot)
         meter.count(self.name)
+        check_finite(v, self.name, block, dtype=self.dtype, what=what or f"the denoising pass at t={t:g}",
+                     source=getattr(self.model, "source", None))
         return v.float()
 
-    def generate(self, block: int, context: torch.Tensor | None, step_noises: torch.Tensor,
-                 x_start: torch.Tensor, meter: Meter, *, start_step: int = 0) -> BlockSample:
-        """Context pass (when there is context), then the denoising passes of one block."""
+    def generate(self, block: int, context: torch.Tensor | None, plan: NoisePlan, meter: Meter, *,
+                 start_step: int = 0, x_start: torch.Tensor | None = None) -> BlockSample:
+        """Context pass (when there is context), then denoising passes ``start_step..4``.
+
+        ``x_start`` enters pass ``start_step``; by default the block's initial noise from ``plan``.
+        """
+        slot = self.context_pass(block, context, meter)
+        if x_start is None:
+            x_start = plan.block_noise(block)
+        return self.denoise(block, slot, plan.step_noises(block), x_start, meter, start_step=start_step)
+
+    def context_pass(self, block: int, context: torch.Tensor | None, meter: Meter) -> int:
+        """Wipe-and-refill: the clean context frames at t = 0, positions 0..2, into slots 0..2.
+        Returns the slot the block's own frames go to (0 without context)."""
         self._prepare(meter)
-        slot = 0
-        if context is not None:
-            # Wipe-and-refill: the 3 clean context frames at t = 0, positions 0..2.
-            self._forward(context, 0.0, 0, meter)
-            slot = context.shape[1]
-        sample = denoise_block(lambda x, t: self._forward(x, t, slot, meter),
-                               step_noises, x_start.to(self.device, torch.float32),
-                               start_step=start_step)
-        if not torch.isfinite(sample.latents).all():
-            raise NumericalError(
-                f"The {self.name} produced NaN/Inf latents in block {block}. With float16 "
-                f"weights this is usually an overflow: load the model in bfloat16 or float32.")
-        return sample
+        if context is None:
+            return 0
+        self._forward(block, context, 0.0, 0, meter, "the context pass")
+        return context.shape[1]
+
+    def denoise(self, block: int, slot: int, step_noises: torch.Tensor, x_start: torch.Tensor, meter: Meter, *,
+                start_step: int = 0) -> BlockSample:
+        """The denoising passes of a block whose frames sit at ``slot`` (after ``context_pass``)."""
+        self._prepare(meter)
+        return denoise_block(lambda x, t: self._forward(block, x, t, slot, meter), step_noises,
+                             x_start.to(self.device, torch.float32), start_step=start_step)

@@ -22,7 +22,8 @@ from pathlib import Path
 
 from .costmodel import ComponentSeconds, video_seconds
 from .errors import InputError, MissingFileError
-from .router import AGGREGATIONS, aggregate
+from .config import AGGREGATIONS
+from .verifier import aggregate
 
 PARTIAL_SCORING = ("cascade_reject", "cascade_accept")
 NICE_STEPS = (0.01, 0.02, 0.05, 0.1, 0.2, 0.25, 0.5, 1.0, 2.0, 5.0)
@@ -161,7 +162,7 @@ def format_table(rows: list[TauRow], marked: list[float] = ()) -> str:
 
 def plot(rows: list[TauRow], path: Path, title: str, marked: list[float] = (), draft_only: float | None = None):
     """Two panels over tau: accept rate, and predicted speedup."""
-    from .bench import Panel, Series, draw_chart
+    from .chart import Panel, Series, draw_chart
 
     taus = [r.tau for r in rows]
     rate = Panel("accept rate (scored blocks)", [Series("accept rate", list(zip(taus, [r.accept_rate for r in rows])),

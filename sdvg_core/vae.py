@@ -26,6 +26,8 @@ from diffusers.loaders.single_file_utils import convert_wan_vae_to_diffusers
 from diffusers.models.autoencoders.autoencoder_kl_wan import WanCausalConv3d
 
 from .errors import CheckpointError, IncompatibleModelsError, InputError, MissingFileError, NumericalError
+from .files import read_tensors
+from .finite import first_non_finite
 
 # Per-channel statistics of the Wan 2.1 latent space (Wan's `WanVAE.mean` / `.std`; the same
 # 16 values are diffusers' AutoencoderKLWan defaults). The DiT works on (z - mean) / std.
@@ -38,6 +40,14 @@ WAN21_LATENTS_STD = [
     3.2687, 2.1526, 2.8652, 1.5579, 1.6382, 1.1253, 2.8251, 1.9160,
 ]
 LATENT_CHANNELS = 16
+WAN21_BASE_DIM = 96  # the real VAE's width
+
+
+def to_raw_latents(latents: torch.Tensor) -> torch.Tensor:
+    """The DiT's normalised latents ``[B, F, 16, h, w]`` -> the VAE's own (``z * std + mean``), float32 CPU."""
+    mean = torch.tensor(WAN21_LATENTS_MEAN).view(1, 1, -1, 1, 1)
+    std = torch.tensor(WAN21_LATENTS_STD).view(1, 1, -1, 1, 1)
+    return latents.float().cpu() * std + mean
 TIME_STRIDE = 4
 SPACE_STRIDE = 8
 
@@ -177,20 +187,19 @@ class StreamingVAE:
         return mu.permute(0, 2, 1, 3, 4)
 
 
-# ---------------------------------------------------------------------- test-size model
+# ---------------------------------------------------------------------- the model
 
 
-def tiny_wan_vae(base_dim: int = 8, seed: int = 0) -> AutoencoderKLWan:
-    """A randomly initialised Wan 2.1 VAE of the real structure, only narrower (for tests and benchmarks)."""
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
-        vae = AutoencoderKLWan(
-            base_dim=base_dim,
-            latents_mean=list(WAN21_LATENTS_MEAN),
-            latents_std=list(WAN21_LATENTS_STD),
-            **WAN21_VAE_STRUCTURE,
-        )
-    return vae.eval()
+def wan21_autoencoder(base_dim: int = WAN21_BASE_DIM, decoder_base_dim: int | None = None) -> AutoencoderKLWan:
+    """diffusers' AutoencoderKLWan with the Wan 2.1 structure (build it under ``torch.device("meta")``
+    to fill it from a file). Only the width varies: 96 is the real VAE, 8 a test-size one."""
+    return AutoencoderKLWan(
+        base_dim=base_dim,
+        decoder_base_dim=decoder_base_dim if decoder_base_dim != base_dim else None,
+        latents_mean=list(WAN21_LATENTS_MEAN),
+        latents_std=list(WAN21_LATENTS_STD),
+        **WAN21_VAE_STRUCTURE,
+    )
 
 
 def original_wan_vae_state_dict(vae: AutoencoderKLWan) -> dict:
@@ -261,8 +270,8 @@ def _check_latents(latents) -> None:
         raise InputError("VAE decode got 0 latent frames; pass at least one.")
     if not torch.isfinite(latents).all():
         raise NumericalError(
-            "The latents given to the VAE contain NaN or Inf, so the diffusion model diverged. "
-            "Run the models in bfloat16 or float32 rather than float16."
+            "The latents given to the VAE contain NaN or Inf: the diffusion model that made them diverged "
+            "(float16 overflow, or NaN in its weights)."
         )
 
 
@@ -281,28 +290,15 @@ def _read_state_dict(path: str) -> dict:
     """The tensors of a .safetensors or torch file; format sniffed from the bytes, not the name."""
     if not os.path.isfile(path):
         raise MissingFileError(f"VAE file not found: {path}. {_WHERE}")
-    if os.path.getsize(path) == 0:
-        raise CheckpointError(f"VAE file {path} is empty (0 bytes): the download was interrupted. Download it again.")
-    with open(path, "rb") as f:
-        head = f.read(16)
-    is_torch_zip = head.startswith(b"PK")  # torch.save's default (zip) format
-    is_safetensors = not is_torch_zip and len(head) > 8 and head[8:9] == b"{"  # 8-byte length, then JSON
-    try:
-        if is_safetensors:
-            from safetensors.torch import load_file
-
-            state_dict = load_file(path, device="cpu")
-        else:
-            state_dict = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as error:  # noqa: BLE001 - any reader failure means a bad file; say which
-        raise CheckpointError(
-            f"Could not read VAE file {path}: it is truncated or corrupt ({type(error).__name__}: {error}). "
-            f"Download it again. {_WHERE}"
-        ) from error
+    state_dict = read_tensors(path, "VAE file")
     if isinstance(state_dict, dict) and isinstance(state_dict.get("state_dict"), dict):
         state_dict = state_dict["state_dict"]  # Lightning-style wrapper
     if not isinstance(state_dict, dict) or not all(isinstance(v, torch.Tensor) for v in state_dict.values()):
         raise CheckpointError(f"VAE file {path} does not hold a dictionary of tensors, so it is no model file. {_WHERE}")
+    bad = first_non_finite(state_dict)
+    if bad is not None:
+        raise CheckpointError(f"VAE file {path}: tensor {bad!r} holds NaN or Inf, so every decode would be "
+                              f"broken. The file is corrupt: download it again. {_WHERE}")
     return state_dict
 
 
@@ -341,13 +337,7 @@ def _build_wan21_vae(state_dict: dict, source: str, *, dtype, device) -> Autoenc
             f"({LATENT_CHANNELS} channels). {_WHERE}"
         )
     with torch.device("meta"):  # no random init of weights we are about to replace
-        vae = AutoencoderKLWan(
-            base_dim=base_dim,
-            decoder_base_dim=decoder_base_dim if decoder_base_dim != base_dim else None,
-            latents_mean=list(WAN21_LATENTS_MEAN),
-            latents_std=list(WAN21_LATENTS_STD),
-            **WAN21_VAE_STRUCTURE,
-        )
+        vae = wan21_autoencoder(base_dim, decoder_base_dim)
     expected = vae.state_dict()
     missing = sorted(set(expected) - set(state_dict))
     unexpected = sorted(set(state_dict) - set(expected))

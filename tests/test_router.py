@@ -16,23 +16,19 @@ import pytest
 import torch
 import torch.nn.functional as F
 from PIL import Image
-from transformers import BertTokenizer, BlipVisionConfig
+from transformers import BertTokenizer
 
-from sdvg_core.errors import CheckpointError, InputError, MissingFileError, NumericalError, SDVGError
+from sdvg_core.errors import CheckpointError, InputError, MissingFileError, NumericalError
 from sdvg_core.router import (
     CLIP_MEAN,
     CLIP_STD,
     REWARD_MEAN,
     REWARD_STD,
-    FixedTau,
     ImageRewardScorer,
-    Router,
-    ThresholdPolicy,
-    aggregate,
-    convert_image_reward_state_dict,
     frames_to_pil,
     preprocess_pil,
     preprocess_tensor,
+    split_state_dict,
 )
 
 # Tiny but real structure: ViT at 224 with 16-pixel patches (197 tokens) so preprocessing
@@ -67,16 +63,7 @@ UNUSED = {
     "blip.text_proj.bias",
     "blip.text_encoder.embeddings.position_ids",
 }
-TINY_VISION = BlipVisionConfig(
-    hidden_size=VIT["width"],
-    intermediate_size=VIT["width"] * VIT["mlp_ratio"],
-    num_hidden_layers=VIT["depth"],
-    num_attention_heads=VIT["heads"],
-    image_size=VIT["image"],
-    patch_size=VIT["patch"],
-    layer_norm_eps=1e-6,
-    hidden_act="gelu",
-)
+STATED_VISION = {"num_attention_heads": VIT["heads"]}  # vision_config.json: 32 wide is no BLIP ViT
 
 
 # ----------------------------------------------------------------------------- fixtures
@@ -239,6 +226,8 @@ def make_folder(root, sd=None):
     torch.save(sd if sd is not None else original_state_dict(), os.path.join(folder, "ImageReward.pt"))
     with open(os.path.join(folder, "med_config.json"), "w") as handle:
         json.dump(MED_CONFIG, handle)
+    with open(os.path.join(folder, "vision_config.json"), "w") as handle:
+        json.dump(STATED_VISION, handle)
     write_bert_vocab(os.path.join(folder, "bert-base-uncased"))
     return folder
 
@@ -264,7 +253,7 @@ def checkpoint(tmp_path_factory):
 @pytest.fixture(scope="module")
 def scorer(checkpoint):
     _, folder = checkpoint
-    return ImageRewardScorer.from_folder(folder, vision_config=TINY_VISION)
+    return ImageRewardScorer.from_folder(folder)
 
 
 # ----------------------------------------------------------------------------- checkpoint
@@ -272,9 +261,10 @@ def scorer(checkpoint):
 
 def test_every_checkpoint_tensor_is_used_and_none_missing(checkpoint, scorer):
     sd, _ = checkpoint
-    _, _, _, ignored, leftovers = convert_image_reward_state_dict(sd)
-    assert leftovers == []
-    assert set(ignored) == UNUSED  # only BLIP_Pretrain's unused projections and the arange buffer
+    parts = split_state_dict(sd)
+    assert parts.leftovers == []
+    # Only BLIP_Pretrain's unused projections and the arange buffer are dropped.
+    assert len(parts.vision) + len(parts.text) + len(parts.head) == len(sd) - len(UNUSED)
 
     # Match the scorer's tensors to the checkpoint's by value (random weights are unique),
     # independently of any key mapping: every used tensor appears exactly once, nothing else.
@@ -294,21 +284,57 @@ def test_checkpoint_with_extra_or_missing_tensors_is_refused(checkpoint):
     extra["blip.visual_encoder.head.weight"] = torch.zeros(3, 3)
     extra["itm_head.bias"] = torch.zeros(2)
     with pytest.raises(CheckpointError, match=r"blip\.visual_encoder\.head\.weight.*itm_head\.bias"):
-        ImageRewardScorer.from_state_dict(extra, MED_CONFIG, tokenizer=None, vision_config=TINY_VISION)
+        ImageRewardScorer.from_state_dict(extra, MED_CONFIG, tokenizer=None, vision_config=STATED_VISION)
 
     short = {k: v for k, v in sd.items() if k != "blip.text_encoder.encoder.layer.1.crossattention.self.key.weight"}
     with pytest.raises(CheckpointError, match=r"missing 1: blip\.text_encoder\.encoder\.layer\.1\.crossattention\.self\.key\.weight"):
-        ImageRewardScorer.from_state_dict(short, MED_CONFIG, tokenizer=None, vision_config=TINY_VISION)
+        ImageRewardScorer.from_state_dict(short, MED_CONFIG, tokenizer=None, vision_config=STATED_VISION)
+    # A missing vision tensor is named as ImageReward.pt names it, not by transformers' name.
+    no_qkv = {k: v for k, v in sd.items() if k != "blip.visual_encoder.blocks.1.attn.qkv.weight"}
+    with pytest.raises(CheckpointError, match=r"missing 1: blip\.visual_encoder\.blocks\.1\.attn\.qkv\.weight"):
+        ImageRewardScorer.from_state_dict(no_qkv, MED_CONFIG, tokenizer=None, vision_config=STATED_VISION)
 
 
 def test_vision_config_is_read_off_the_weights(checkpoint):
     sd, _ = checkpoint
-    # Without a config, everything but the head count (not in the shapes) comes from the weights.
-    scorer = ImageRewardScorer.from_state_dict(sd, MED_CONFIG, tokenizer=None, vision_config=None)
+    scorer = ImageRewardScorer.from_state_dict(sd, MED_CONFIG, tokenizer=None, vision_config=STATED_VISION)
     config = scorer.vision.config
     assert (config.hidden_size, config.num_hidden_layers, config.intermediate_size) == (32, 2, 128)
     assert (config.patch_size, config.image_size, config.layer_norm_eps) == (16, 224, 1e-6)
+    assert config.num_attention_heads == VIT["heads"]
     assert scorer.text.config.encoder_hidden_size == 32  # from the ViT, not med_config's 768
+
+
+def test_head_count_is_known_or_stated_never_guessed(checkpoint):
+    from sdvg_core.router import vision_config
+
+    sd, _ = checkpoint
+    vision = split_state_dict(sd).vision
+    with pytest.raises(CheckpointError, match=r"32 wide.*head count.*vision_config\.json"):
+        vision_config(vision)  # neither BLIP's ViT-B (768) nor ViT-L (1024): not guessed
+    widened = {k: torch.empty(tuple(1024 if d == 32 else d for d in v.shape), device="meta") for k, v in vision.items()}
+    assert vision_config(widened).num_attention_heads == 16  # ViT-L/16: 16 heads of 64
+    with pytest.raises(CheckpointError, match="does not divide"):
+        vision_config(vision, {"num_attention_heads": 3})
+
+
+def test_a_checkpoint_not_at_224_pixels_is_refused(checkpoint):
+    sd, _ = checkpoint
+    grid = 384 // VIT["patch"]
+    bigger = dict(sd, **{"blip.visual_encoder.pos_embed": torch.zeros(1, grid * grid + 1, VIT["width"])})
+    with pytest.raises(CheckpointError, match=r"384x384.*224x224"):
+        ImageRewardScorer.from_state_dict(bigger, MED_CONFIG, tokenizer=None, vision_config=STATED_VISION)
+
+
+def test_med_config_that_disagrees_with_the_checkpoint_is_named(checkpoint):
+    sd, _ = checkpoint
+    wrong = dict(MED_CONFIG, hidden_size=64, intermediate_size=128)
+    with pytest.raises(CheckpointError) as error:
+        ImageRewardScorer.from_state_dict(sd, wrong, tokenizer=None, vision_config=STATED_VISION)
+    message = str(error.value)
+    assert "med_config.json and ImageReward.pt disagree" in message
+    assert "blip.text_encoder.embeddings.word_embeddings.weight" in message
+    assert "size mismatch" not in message and len(message) < 900  # no torch dump
 
 
 # ----------------------------------------------------------------------------- forward
@@ -349,7 +375,8 @@ def test_prompt_matters_and_is_cached(scorer):
 
 
 def test_frames_to_pil_maps_minus_one_one_to_uint8():
-    frames = torch.tensor([-1.5, -1.0, 0.0, 1.0, 2.0]).view(1, 1, 1, 5).expand(1, 3, 1, 5)
+    # Values a hair outside [-1, 1] (float rounding of a clamped decode) are clamped.
+    frames = torch.tensor([-1.0005, -1.0, 0.0, 1.0, 1.0005]).view(1, 1, 1, 5).expand(1, 3, 1, 5)
     image = frames_to_pil(frames)[0]
     assert image.mode == "RGB" and image.size == (5, 1)
     assert np.array(image)[0, :, 0].tolist() == [0, 0, 128, 255, 255]  # (0+1)/2*255 = 127.5 -> 128
@@ -389,6 +416,26 @@ def test_bad_frames_are_refused(scorer):
         scorer.score(torch.zeros(3, 64, 64), PROMPT)
     with pytest.raises(InputError, match="dtype"):
         frames_to_pil(torch.zeros(1, 3, 8, 8, dtype=torch.uint8))
+    for path in (True, False):
+        with pytest.raises(InputError, match=r"\[-1, 1\].*got \[0, 255\]"):
+            scorer.score(torch.full((2, 3, 32, 32), 255.0).index_fill_(0, torch.tensor([0]), 0.0), PROMPT,
+                         exact_preprocess=path)
+        with pytest.raises(NumericalError, match="NaN"):
+            scorer.score(torch.full((1, 3, 32, 32), float("nan")), PROMPT, exact_preprocess=path)
+
+
+def test_a_prompt_longer_than_imagereward_reads_warns_once(scorer, caplog):
+    long = " ".join(["a red cat sits on the mat next to a dog"] * 6)
+    frames = video_frames(count=1)
+    with caplog.at_level("WARNING", logger="sdvg"):
+        scorer.score(frames, long)
+        scorer.score(frames, long)
+    warnings = [r for r in caplog.records if "ImageReward reads the first 35" in r.getMessage()]
+    assert len(warnings) == 1
+    caplog.clear()
+    with caplog.at_level("WARNING", logger="sdvg"):
+        scorer.score(frames, PROMPT)
+    assert not caplog.records
 
 
 # ----------------------------------------------------------------------------- files
@@ -399,8 +446,8 @@ def test_small_tokenizer_vocabulary_is_refused(checkpoint, tmp_path):
     small = str(tmp_path / "image_reward")
     shutil.copytree(folder, small)
     write_bert_vocab(os.path.join(small, "bert-base-uncased"), size=1000)
-    with pytest.raises(SDVGError, match=r"only 1000 tokens.*\[UNK\].*vocab\.txt"):
-        ImageRewardScorer.from_folder(small, vision_config=TINY_VISION)
+    with pytest.raises(CheckpointError, match=r"only 1000 tokens.*\[UNK\].*vocab\.txt"):
+        ImageRewardScorer.from_folder(small)
 
 
 @pytest.mark.parametrize("name", ["ImageReward.pt", "med_config.json", "bert-base-uncased"])
@@ -435,66 +482,3 @@ def test_unreadable_checkpoint_is_a_checkpoint_error(checkpoint, tmp_path):
         handle.write(b"not a checkpoint")
     with pytest.raises(CheckpointError, match="ImageReward.pt"):
         ImageRewardScorer.from_folder(copy)
-
-
-# ----------------------------------------------------------------------------- routing
-
-
-class BrightnessScorer:
-    """Stub: a frame's score is its mean brightness."""
-
-    def __init__(self):
-        self.calls = 0
-
-    def score(self, frames, prompt):
-        self.calls += 1
-        return frames.mean(dim=(1, 2, 3))
-
-
-def block_with_one_dark_frame(frames=12):
-    block = torch.full((frames, 3, 8, 8), 0.5)
-    block[7] = -0.9  # one planted dark frame
-    return block
-
-
-def test_min_rejects_a_block_with_one_dark_frame_that_mean_accepts():
-    block = block_with_one_dark_frame()
-    policy = FixedTau(0.0)
-    by_min = Router(BrightnessScorer(), policy, aggregation="min").route(block, PROMPT)
-    by_mean = Router(BrightnessScorer(), policy, aggregation="mean").route(block, PROMPT)
-    assert by_mean.accept and by_mean.aggregate == pytest.approx((11 * 0.5 - 0.9) / 12)
-    assert not by_min.accept and by_min.aggregate == pytest.approx(-0.9)
-    assert by_min.frames_scored == 12 and len(by_min.scores) == 12 and by_min.tau == 0.0
-
-
-def test_router_scores_once_per_block_and_infinite_tau_is_absolute():
-    block = block_with_one_dark_frame()
-    scorer = BrightnessScorer()
-    assert Router(scorer, FixedTau(float("-inf"))).route(block, PROMPT).accept
-    assert not Router(scorer, FixedTau(float("inf"))).route(block * 0 + 1, PROMPT).accept
-    assert scorer.calls == 2
-    assert isinstance(FixedTau(1.0), ThresholdPolicy)
-
-
-def test_aggregate_matches_numpy():
-    scores = torch.tensor([0.3, -1.2, 0.8, 0.1, -0.4, 2.0, 0.0])
-    values = scores.numpy().astype(np.float64)
-    assert aggregate(scores, "min") == pytest.approx(values.min())
-    assert aggregate(scores, "mean") == pytest.approx(values.mean())
-    for q in (0.0, 0.1, 0.25, 0.5):
-        assert aggregate(scores, "quantile", q) == pytest.approx(np.quantile(values, q, method="linear"), abs=1e-6)
-
-
-def test_aggregate_and_router_refuse_bad_arguments():
-    with pytest.raises(InputError, match="min, mean, quantile"):
-        aggregate(torch.tensor([1.0]), "median")
-    with pytest.raises(InputError, match="min, mean, quantile"):
-        Router(BrightnessScorer(), FixedTau(0.0), aggregation="max")
-    with pytest.raises(InputError, match="quantile"):
-        aggregate(torch.tensor([1.0]), "quantile", 1.5)
-    with pytest.raises(InputError, match="no scores"):
-        aggregate(torch.tensor([]), "min")
-    with pytest.raises(NumericalError):
-        aggregate(torch.tensor([0.0, float("nan")]), "min")
-    with pytest.raises(InputError, match="tau"):
-        FixedTau(float("nan"))

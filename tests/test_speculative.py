@@ -163,20 +163,43 @@ def test_steps_one_by_one_equal_run_and_refuse_wrong_order(system):
     config = replace(BASE, accept_pattern=(True, False))
     session = SDVGSession(**system.session_kwargs(), config=config)
     with pytest.raises(SDVGError, match="out of order"):
-        session.route(0)
+        session.step("verify", 0)
     for b in range(BASE.num_blocks):
-        session.draft(b)
-        assert session.phase == "route"
+        assert session.next_step == (b, "draft")
+        session.step("draft", b)
+        assert session.next_step == (b, "verify")
         with pytest.raises(SDVGError, match="out of order"):
-            session.commit(b)
-        decision = session.route(b)
+            session.step("commit", b)
+        with pytest.raises(SDVGError, match="out of order"):
+            session.step("verify", b + 1)
+        decision = session.step("verify", b)
         assert decision == ("target" if b == 0 else ["accepted", "rejected"][(b - 1) % 2])
-        session.regenerate(b)
-        session.commit(b)
-    assert session.done
-    with pytest.raises(SDVGError):
-        session.draft(BASE.num_blocks)
+        session.step("regenerate", b)
+        stats = session.step("commit", b)
+        assert stats.block == b and stats.decision == decision
+    assert session.done and session.next_step is None
+    with pytest.raises(SDVGError, match="committed"):
+        session.step("draft", BASE.num_blocks)
     assert torch.equal(session.result().frames, run(system, accept_pattern=(True, False)).frames)
+
+
+def test_a_step_that_failed_asks_for_a_reset(system):
+    calls = {"n": 0}
+
+    def fail_once():  # the 4th check is inside the target's first pass (block 0's regenerate step)
+        calls["n"] += 1
+        if calls["n"] == 4:
+            raise InterruptedError("cancelled")
+
+    session = SDVGSession(**system.session_kwargs(), config=replace(BASE, tau=-INF), check_interrupt=fail_once)
+    session.step("draft")
+    with pytest.raises(InterruptedError):
+        while True:
+            session.step(session.next_step[1])
+    with pytest.raises(SDVGError, match="reset"):
+        session.step(session.next_step[1])
+    session.reset()
+    assert session.next_step == (0, "draft")
 
 
 def test_output_frames_and_drop_option(system):

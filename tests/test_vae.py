@@ -19,7 +19,7 @@ from sdvg_core.vae import (
     WAN21_LATENTS_STD,
     StreamingVAE,
     original_wan_vae_state_dict,
-    tiny_wan_vae,
+    wan21_autoencoder,
 )
 
 H, W = 4, 6  # latent size; pixels 32x48
@@ -28,7 +28,8 @@ FRAMES = 7
 
 @pytest.fixture(scope="module")
 def vae():
-    return tiny_wan_vae(base_dim=8, seed=0)
+    torch.manual_seed(0)
+    return wan21_autoencoder(base_dim=8).eval()
 
 
 def normalised_latents(frames=FRAMES, batch=1, seed=1):
@@ -95,8 +96,8 @@ def test_reset_starts_a_new_video(vae):
     assert torch.equal(torch.cat(stream(svae, latents, [1, 3, 3]), dim=1), one_shot(vae, latents))
 
 
-def test_frames_for_matches_the_wan_time_stride():
-    svae = StreamingVAE(tiny_wan_vae())
+def test_frames_for_matches_the_wan_time_stride(vae):
+    svae = StreamingVAE(vae)
     assert [svae.frames_for(3, first=True), svae.frames_for(3, first=False)] == [9, 12]
     assert svae.frames_for(1, first=True) == 1
     with pytest.raises(InputError):
@@ -222,7 +223,7 @@ def test_full_size_config_matches_diffusers_wan21_default():
     # from_single_file builds the config locally: at base_dim 96 it must be diffusers' Wan 2.1 VAE.
     with torch.device("meta"):
         default = AutoencoderKLWan()
-        ours = tiny_wan_vae(base_dim=96)
+        ours = wan21_autoencoder()
     assert {k: v.shape for k, v in ours.state_dict().items()} == {k: v.shape for k, v in default.state_dict().items()}
     assert ours.config.latents_mean == default.config.latents_mean == WAN21_LATENTS_MEAN
     assert ours.config.latents_std == default.config.latents_std == WAN21_LATENTS_STD

@@ -1,6 +1,6 @@
 """Causal Wan 2.1 DiT with block KV cache, and reading its checkpoints."""
 
-from .checkpoint import check_compatible, infer_config, load_wan, read_wan_state_dict
+from .checkpoint import check_compatible, infer_config, inspect_wan, load_wan, read_wan_state_dict
 from .config import WanConfig
 from .model import CausalWanModel, KVCache, TextCache
 
@@ -12,5 +12,6 @@ __all__ = [
     "load_wan",
     "read_wan_state_dict",
     "infer_config",
+    "inspect_wan",
     "check_compatible",
 ]

@@ -17,14 +17,14 @@ import json
 import math
 import os
 import re
-import zipfile
 from pathlib import Path
 
 import torch
-from safetensors import SafetensorError, safe_open
 from torch import Tensor
 
 from ..errors import CheckpointError, IncompatibleModelsError, InputError, MissingFileError
+from ..files import read_tensors
+from ..finite import first_non_finite
 from .config import REAL_HEAD_DIM, TINY_HEAD_DIM, WanConfig
 from .model import CausalWanModel, WanLinear
 
@@ -37,7 +37,6 @@ COMPUTE_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
 # Real Wan 2.1 models by width: (blocks, name). A file with fewer blocks is incomplete.
 KNOWN_MODELS = {1536: (30, "Wan2.1 1.3B"), 5120: (40, "Wan2.1 14B")}
 
-_SAFETENSORS_SUFFIXES = (".safetensors", ".sft")
 _ANCHOR = re.compile(r"^(.*?)(patch_embedding\.weight|blocks\.\d+\.self_attn\.q\.weight)$")
 _BLOCK_INDEX = re.compile(r"^blocks\.(\d+)\.")
 # ComfyUI scaled-fp8 bookkeeping that carries nothing this model needs.
@@ -48,62 +47,31 @@ _DROPPED_SUFFIXES = (".scale_input", ".input_scale")
 # ----------------------------------------------------------------------------- reading
 
 
-def read_wan_state_dict(path: str | os.PathLike, *, variant: str = "ema") -> dict[str, Tensor]:
+def read_wan_state_dict(path: str | os.PathLike, *, variant: str = "ema", meta: bool = False) -> dict[str, Tensor]:
     """Read a Wan DiT file into a state dict with original Wan key names.
 
     variant: for Self-Forcing dict files, "ema"/"generator_ema" (default) or
-    "plain"/"generator"; ignored for files holding a single set of weights.
+    "plain"/"generator"; ignored for files holding a single set of weights. ``meta``: shapes
+    and dtypes only, read from the file's header (safetensors) or memory-mapped (PyTorch zip).
     """
-    path = _existing_file(path)
+    path = Path(path)
     if variant not in VARIANTS:
         raise InputError(f"variant {variant!r} is not one of {sorted(VARIANTS)}; use 'ema' or 'plain'.")
-    raw = _read_safetensors(path) if _is_safetensors(path) else _read_torch(path)
+    if not path.is_file():
+        what = "is a folder, not a file" if path.is_dir() else "does not exist"
+        raise MissingFileError(
+            f"Wan DiT checkpoint {path} {what}. Put the .safetensors/.pt file in "
+            "ComfyUI/models/diffusion_models/ and select it, or pass the full path to the file.")
+    raw = read_tensors(path, "Wan DiT checkpoint", meta=meta)
+    if not isinstance(raw, dict):
+        raise CheckpointError(f"{path}: holds a {type(raw).__name__}, not a state dict of tensors.")
     return _normalise_keys(_select_variant(raw, variant, path), path)
 
 
-def _existing_file(path) -> Path:
-    p = Path(path)
-    if not p.is_file():
-        what = "is a folder, not a file" if p.is_dir() else "does not exist"
-        raise MissingFileError(
-            f"Wan DiT checkpoint {p} {what}. Put the .safetensors/.pt file in "
-            "ComfyUI/models/diffusion_models/ and select it, or pass the full path to the file.")
-    return p
-
-
-def _is_safetensors(path: Path) -> bool:
-    if path.suffix.lower() in _SAFETENSORS_SUFFIXES:
-        return True
-    if zipfile.is_zipfile(path):
-        return False
-    with open(path, "rb") as f:
-        head = f.read(9)
-    return len(head) == 9 and head[8:9] == b"{"  # 8-byte header length, then the JSON header
-
-
-def _read_safetensors(path: Path) -> dict[str, Tensor]:
-    try:
-        with safe_open(str(path), framework="pt", device="cpu") as f:
-            return {k: f.get_tensor(k) for k in f.keys()}
-    except (SafetensorError, OSError, ValueError) as err:
-        raise CheckpointError(
-            f"{path}: cannot be read as a safetensors file ({err}). It is truncated or corrupt "
-            "(often an interrupted download): download it again.") from err
-
-
-def _read_torch(path: Path) -> dict:
-    # mmap keeps a big file out of RAM until its tensors are used; only the zip format supports it.
-    mmap = zipfile.is_zipfile(path)
-    try:
-        obj = torch.load(str(path), map_location="cpu", weights_only=True, mmap=mmap)
-    except Exception as err:  # torch raises OSError, RuntimeError, UnpicklingError, EOFError...
-        hint = ("" if mmap else " It is not a complete PyTorch zip archive: the file is truncated or corrupt "
-                "(often an interrupted download): download it again.")
-        raise CheckpointError(
-            f"{path}: cannot be read as a PyTorch checkpoint ({type(err).__name__}: {err}).{hint}") from err
-    if not isinstance(obj, dict):
-        raise CheckpointError(f"{path}: holds a {type(obj).__name__}, not a state dict of tensors.")
-    return obj
+def inspect_wan(path: str | os.PathLike, *, variant: str = "ema", num_heads: int | None = None) -> WanConfig:
+    """The model's config from the file's tensor shapes, without loading its weights."""
+    return infer_config(read_wan_state_dict(path, variant=variant, meta=True), source=str(path),
+                        num_heads=num_heads)
 
 
 def _select_variant(raw: dict, variant: str, path: Path) -> dict:
@@ -273,6 +241,10 @@ def load_wan(path: str | os.PathLike, *, variant: str = "ema", dtype: torch.dtyp
         raise InputError(f"dtype must be one of {COMPUTE_DTYPES} (the compute dtype), got {dtype}.")
     sd = read_wan_state_dict(path, variant=variant)
     cfg = infer_config(sd, source=str(path), num_heads=num_heads)
+    bad = first_non_finite(sd)
+    if bad is not None:
+        raise CheckpointError(f"{path}: tensor {bad!r} holds NaN or Inf, so every output would be NaN. The "
+                              "file is corrupt (or was saved from a diverged training run): download it again.")
     with torch.device("meta"):
         model = CausalWanModel(cfg, compute_dtype=dtype)
     model.requires_grad_(False)
@@ -295,6 +267,7 @@ def load_wan(path: str | os.PathLike, *, variant: str = "ema", dtype: torch.dtyp
     model.load_state_dict(sd, strict=True, assign=True)
     for layer, scale in scales.items():
         model.get_submodule(layer).scale_weight = scale.to(device=device, dtype=torch.float32)
+    model.source = str(path)  # named in numerical errors
     return model.eval()
 
 

@@ -64,6 +64,12 @@ class KVCache:
         """Bytes held by the cache tensors."""
         return sum(t.numel() * t.element_size() for t in (*self.k, *self.v))
 
+    @staticmethod
+    def bytes_for(cfg: WanConfig, batch: int, capacity_frames: int, frame_tokens: int,
+                  dtype: torch.dtype) -> int:
+        """What ``new_cache`` allocates for these sizes: K and V, every layer."""
+        return 2 * cfg.num_layers * batch * capacity_frames * frame_tokens * cfg.dim * _itemsize(dtype)
+
 
 @dataclass
 class TextCache:
@@ -71,6 +77,15 @@ class TextCache:
 
     k: list[Tensor]
     v: list[Tensor]
+
+    @staticmethod
+    def bytes_for(cfg: WanConfig, batch: int, dtype: torch.dtype) -> int:
+        """What ``encode_text`` keeps: K and V of the padded text, every layer."""
+        return 2 * cfg.num_layers * batch * cfg.text_len * cfg.dim * _itemsize(dtype)
+
+
+def _itemsize(dtype: torch.dtype) -> int:
+    return torch.empty((), dtype=dtype).element_size()
 
 
 # ----------------------------------------------------------------------------- math helpers

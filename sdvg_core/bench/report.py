@@ -1,0 +1,68 @@
+"""The benchmark's outputs: the Markdown table and the speedup chart (the JSON is the result dict)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from ..chart import Panel, Series, draw_chart
+from ..costmodel import PAPER_POINTS, ComponentSeconds, predicted_speedup
+
+
+def write_markdown(result: dict, path: Path) -> None:
+    lines = [f"# SDVG benchmark, preset `{result['preset']}`", "",
+             f"{result['device']}; {result['date']}; {result['width']}x{result['height']}, "
+             f"{result['num_blocks']} blocks per video, {result['repeats']} interleaved repeats.", "",
+             "| mode | accept rate (asked) | k | s / video | speedup | bound | of bound | "
+             "projected at real proportions | drafter / target / decode / router calls | peak MiB |",
+             "|---|---|---|---|---|---|---|---|---|---|"]
+    for r in result["runs"]:
+        rate = "-" if r["accept_rate"] is None else f"{r['accept_rate']:.3f} ({r['accept_rate_nominal']:g})"
+        c = r["model_calls"]
+        calls = f"{c['drafter']:g} / {c['target']:g} / {c['vae_decode']:g} / {c['router']:g}"
+        peak = "-" if r["peak_memory_mb"] is None else f"{r['peak_memory_mb']:.0f}"
+        mode = r["mode"] + (f" + skip {r['skip']} ({r['skipped_blocks']:g} blocks)" if r.get("skip", "none") != "none" else "")
+        lines.append(f"| {mode} | {rate} | {r['hybrid_k'] if r['mode'] == 'sdvg' else '-'} | "
+                     f"{r['seconds_per_video']:.3f} | {r['speedup']:.2f}x | {r['bound']:.2f}x | "
+                     f"{r['fraction_of_bound']:.0%} | {r['projected_speedup']:.2f}x | {calls} | {peak} |")
+    lines += ["", "projected: the measured speedup over its bound, times the bound at the real system's cost "
+              "proportions (1.3B : 14B : VAE : router FLOPs at 832x480).",
+              "Paper (2x RTX A6000, real weights): 1.59x at 73.1% accepted, 2.05x at 87.5%.", "",
+              "## Components (median seconds per block)", "",
+              "| component | seconds | / target block | real system (FLOPs) |", "|---|---|---|---|"]
+    ratios = result["component_ratios"]
+    for k, v in result["component_seconds"].items():
+        lines.append(f"| {k} | {v:.4f} | {ratios['measured'][k]:.4f} | {ratios['real_flops'][k]:.4f} |")
+    t = result["targets"]
+    lines += ["", "## Targets", "",
+              f"- every sdvg run >= {t['bound_fraction_required']:.0%} of its bound: "
+              f"{'yes' if t['all_within_bound_fraction'] else 'no: ' + ', '.join(t['below_bound_fraction'])}"]
+    for k, v in t["speedup_at_0.73"].items():
+        lines.append(f"- {k} at accept rate 0.73 (run at {v['accept_rate_run']:.3f}): {v['measured']:.2f}x, "
+                     f"required {v['required']}x: {'met' if v['met'] else 'MISSED'}")
+    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+
+
+def plot_speedups(result: dict, path: Path) -> None:
+    """Speedup vs accept rate: the bound's curves, the measured points, the paper's points."""
+    components = ComponentSeconds.from_dict(result["component_seconds"])
+    n = result["num_blocks"]
+    colours = [(31, 119, 180), (214, 39, 40), (44, 160, 44), (148, 103, 189)]
+    grid = [i / 50 for i in range(51)]
+    series = []
+    ks = sorted({r["hybrid_k"] for r in result["runs"] if r["mode"] == "sdvg"})
+    for colour, k in zip(colours, ks):
+        curve = [(a, predicted_speedup(components, num_blocks=n, accept_rate=a, hybrid_k=k)) for a in grid]
+        series.append(Series(f"bound, k={k}", curve, colour=colour))
+        points = [(r["accept_rate"], r["speedup"]) for r in result["runs"]
+                  if r["mode"] == "sdvg" and r["hybrid_k"] == k and r.get("skip", "none") == "none"]
+        series.append(Series(f"measured, k={k}", points, colour=colour, line=False, marker="o"))
+    series.append(Series("paper (2x A6000, real weights, reference code)", [(a, s) for a, s in PAPER_POINTS],
+                         colour=(0, 0, 0), line=False, marker="s",
+                         notes=[f"{s:.2f}x at {a:.1%}" for a, s in PAPER_POINTS]))
+    hlines = [(1.0, "target-only")]
+    draft = next((r for r in result["runs"] if r["mode"] == "draft_only"), None)
+    if draft:
+        hlines.append((draft["speedup"], f"draft-only {draft['speedup']:.2f}x"))
+    panel = Panel(f"speedup over target-only ({result['preset']} preset)", series, hlines=hlines)
+    draw_chart([panel], xlabel="accept rate (scored blocks)", x_range=(0.0, 1.0),
+               title=f"{result['device']}").save(path)
