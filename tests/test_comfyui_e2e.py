@@ -33,7 +33,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-import test_workflows as wf
+import support as wf
 
 COMFYUI = os.environ.get("SDVG_COMFYUI_DIR")
 pytestmark = pytest.mark.skipif(not COMFYUI, reason="set SDVG_COMFYUI_DIR to a ComfyUI checkout to run it")
