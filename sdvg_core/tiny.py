@@ -29,7 +29,7 @@ from .wan import CausalWanModel, WanConfig
 TEXT_DIM = 32
 DRAFTER = WanConfig.tiny(dim=32, num_layers=2, ffn_dim=64, text_dim=TEXT_DIM)
 TARGET = WanConfig.tiny(dim=64, num_layers=3, ffn_dim=128, text_dim=TEXT_DIM)
-VAE_BASE_DIM = 8
+VAE_BASE_DIM = 4
 # 64-wide heads as BLIP's; 64 is not a BLIP ViT width, so files state the head count.
 ROUTER = RouterSize(vision_hidden=64, vision_layers=2, vision_heads=1, vision_mlp=128,
                     text_hidden=32, text_layers=2, text_heads=2, text_mlp=64, text_positions=40,

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import datetime
+import gc
 import json
 import os
 import time
@@ -59,9 +60,11 @@ def main(args) -> int:
     threads = torch.get_num_threads()
     if preset.threads:
         torch.set_num_threads(preset.threads)
+    gc.freeze()  # what exists now is never garbage: PeakMemory's collections need not walk it
     try:
         return _run(args, preset)
     finally:
+        gc.unfreeze()
         torch.set_num_threads(threads)
 
 

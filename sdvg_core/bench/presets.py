@@ -99,7 +99,7 @@ def _smoke_preset() -> Preset:
         router=RouterSize(vision_hidden=16, vision_layers=1, vision_heads=1, vision_mlp=16,
                           text_hidden=16, text_layers=1, text_heads=1, text_mlp=16),
         text_tokens=4, num_blocks=3, repeats=2, component_samples=1,
-        accept_rates=(0.0, 0.75), hybrid_ks=(0, 3), threads=1, note="schema check only",
+        accept_rates=(0.75,), hybrid_ks=(0, 3), skip_rates=(1.0,), threads=1, note="schema check only",
     )
 
 
