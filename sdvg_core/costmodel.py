@@ -1,7 +1,7 @@
 """What a video should cost, predicted from what each component costs (the benchmark's bound).
 
 Per video of N blocks (the paper: 9), with accept rate ``a`` over the N-1 scored blocks and
-hybrid resume step ``k`` (0 = off), in the window-cache regime of the spec, section 2:
+hybrid resume step ``k`` (0 = off), in the window-cache regime of docs/algorithm.md, section 2:
 
 * block 0 is the target's in every mode but draft-only: 5 passes without context, decode;
 * target-only, block b >= 1: target context pass + 5 target passes + decode;

@@ -1,7 +1,7 @@
 """Few-step flow matching for one block: timesteps, sigmas, x0, re-noise, the noise plan.
 
 Self-Forcing's 4-step list [1000, 750, 500, 250] is warped through shift 5 on the
-1000-step training grid, then a fifth pass at t = 0 follows (spec section 2.3):
+1000-step training grid, then a fifth pass at t = 0 follows (docs/algorithm.md, 2.3):
 
     TIMESTEPS = (1000, 937.5, 833.33, 625, 0)
 

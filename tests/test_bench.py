@@ -20,7 +20,7 @@ SECONDS = ComponentSeconds(target_context=1.0, target_block=10.0, drafter_contex
 
 def simulate(c: ComponentSeconds, mode: str, num_blocks: int, decisions: list[bool], k: int,
              skipped: frozenset = frozenset()) -> float:
-    """The spec's loop walked block by block, charging each model call as it happens;
+    """The loop of docs/algorithm.md walked block by block, charging each model call as it happens;
     blocks in ``skipped`` are accepted without the router."""
     total, pass_t, pass_d = 0.0, c.target_block / NUM_STEPS, c.drafter_block / NUM_STEPS
     for b in range(num_blocks):

@@ -48,7 +48,7 @@ def test_tau_plus_inf_is_bit_identical_to_target_only(system):
 def test_tau_minus_inf_accepts_drafts_equal_to_the_drafter_on_that_history(system):
     result = run(system, tau=-INF)
     assert [b.decision for b in result.blocks] == ["target"] + ["accepted"] * 3
-    # Rebuild each accepted block from the spec with the model API directly: context pass over
+    # Rebuild each accepted block from docs/algorithm.md with the model API directly: context pass over
     # the committed history (with the re-encoded anchor for b >= 2), then the 5 denoising passes.
     plan = schedule.NoisePlan(BASE.seed, BASE.num_blocks, (16, BASE.height // 8, BASE.width // 8))
     system.vae.reset()
