@@ -15,7 +15,7 @@ import torch
 from .finite import check_finite
 from .schedule import FRAMES_PER_BLOCK, BlockSample, NoisePlan, denoise_block
 from .stats import Meter
-from .wan.model import KVCache, TextCache
+from .wan.caches import KVCache, TextCache
 
 WINDOW_FRAMES = 2 * FRAMES_PER_BLOCK
 

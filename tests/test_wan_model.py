@@ -17,7 +17,7 @@ from diffusers.models.transformers.transformer_wan import WanRotaryPosEmbed
 
 from sdvg_core.errors import InputError
 from sdvg_core.wan.config import WanConfig
-from sdvg_core.wan.model import rope_table, sinusoidal_embedding
+from sdvg_core.wan.forward import rope_table, sinusoidal_embedding
 from wan_fixtures import LATENT_H, LATENT_W, latents, random_wan, rel_err, state_dict_of, text_embedding, tiny_config
 
 B = 2

@@ -1,12 +1,17 @@
-"""Causal Wan 2.1 DiT with block KV cache, and reading its checkpoints."""
+"""Causal Wan 2.1 DiT with block KV cache: the forward over any Wan module tree, the engine's own
+tree, and reading its checkpoints."""
 
+from .caches import KVCache, TextCache
 from .checkpoint import check_compatible, infer_config, inspect_wan, load_wan, read_wan_state_dict
 from .config import WanConfig
-from .model import CausalWanModel, KVCache, TextCache
+from .forward import WanNetwork
+from .hosted import check_wan_tree, config_from_tree, hosted_network
+from .model import CausalWanModel
 
 __all__ = [
     "WanConfig",
     "CausalWanModel",
+    "WanNetwork",
     "KVCache",
     "TextCache",
     "load_wan",
@@ -14,4 +19,7 @@ __all__ = [
     "infer_config",
     "inspect_wan",
     "check_compatible",
+    "check_wan_tree",
+    "config_from_tree",
+    "hosted_network",
 ]

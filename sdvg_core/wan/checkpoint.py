@@ -198,7 +198,7 @@ def infer_config(state_dict: dict[str, Tensor], *, source: str = "", num_heads: 
         return WanConfig(
             dim=dim,
             ffn_dim=int(state_dict["blocks.0.ffn.0.weight"].shape[0]),
-            num_heads=_head_count(dim, num_heads, where),
+            num_heads=head_count(dim, num_heads, where),
             num_layers=num_layers,
             in_dim=in_dim,
             out_dim=int(state_dict["head.head.weight"].shape[0]) // math.prod(patch),
@@ -210,7 +210,7 @@ def infer_config(state_dict: dict[str, Tensor], *, source: str = "", num_heads: 
         raise CheckpointError(f"{where}: tensor shapes do not form a Wan model: {err}") from err
 
 
-def _head_count(dim: int, num_heads: int | None, where: str) -> int:
+def head_count(dim: int, num_heads: int | None, where: str) -> int:
     if num_heads is not None:
         return num_heads
     if dim % REAL_HEAD_DIM == 0 and dim >= 1536:
