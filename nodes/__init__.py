@@ -1,7 +1,7 @@
 """ComfyUI adapters of the SDVG engine: declare inputs and outputs, convert types, call sdvg_core."""
 
 from . import host
-from .loaders import LoadDrafter, LoadImageRewardRouter, LoadSDVGVAE, LoadTarget
+from .loaders import LoadDrafter, LoadImageRewardRouter, LoadTarget
 from .loop import SDVGLoopEnd, SDVGLoopStart
 from .modular import SDVGBegin, SDVGCommitBlock, SDVGDraftBlock, SDVGFinish, SDVGRegenerateBlock, SDVGRouteBlock
 from .prompt import SDVGEncodePrompt
@@ -11,7 +11,6 @@ from .sampler import SDVGSampler
 _NODES = {
     "SDVGLoadDrafter": (LoadDrafter, "Load Drafter"),
     "SDVGLoadTarget": (LoadTarget, "Load Target"),
-    "SDVGLoadVAE": (LoadSDVGVAE, "Load SDVG VAE"),
     "SDVGLoadRouter": (LoadImageRewardRouter, "Load ImageReward Router"),
     "SDVGEncodePrompt": (SDVGEncodePrompt, "SDVG Encode Prompt"),
     "SDVGSampler": (SDVGSampler, "SDVG Sampler"),

@@ -13,24 +13,31 @@ from typing import Any, Iterable
 
 import torch
 
-from sdvg_core.errors import MissingFileError
+from sdvg_core.errors import CheckpointError, MissingFileError
 
 try:  # ComfyUI puts these on sys.path before it imports custom nodes.
     import folder_paths
     import comfy.model_management as model_management
     import comfy.model_patcher as model_patcher
+    import comfy.sd as comfy_sd
     import comfy.utils as comfy_utils
 except ImportError:
-    folder_paths = model_management = model_patcher = comfy_utils = None
+    folder_paths = model_management = model_patcher = comfy_sd = comfy_utils = None
 
 IN_COMFYUI = folder_paths is not None
 
 ROUTER_FOLDER = "image_reward"   # models/image_reward/: ImageReward.pt, med_config.json, bert-base-uncased/
+# Core's Load Diffusion Model weight dtypes, and the model_options each means (nodes.py UNETLoader).
+WEIGHT_DTYPES = {
+    "default": {},
+    "fp8_e4m3fn": {"dtype": torch.float8_e4m3fn},
+    "fp8_e4m3fn_fast": {"dtype": torch.float8_e4m3fn, "fp8_optimizations": True},
+    "fp8_e5m2": {"dtype": torch.float8_e5m2},
+}
 ROUTER_FILE = "ImageReward.pt"   # the file that marks a router folder
 # Stand-in for ComfyUI's folder registry: folder name -> sub-folders of the models folder.
 _STANDALONE_FOLDERS = {
     "diffusion_models": ("diffusion_models", "unet"),
-    "vae": ("vae",),
     ROUTER_FOLDER: (ROUTER_FOLDER,),
 }
 _MODEL_EXTENSIONS = (".safetensors", ".sft", ".pt", ".pth", ".ckpt", ".bin")
@@ -138,6 +145,32 @@ def auto_dtype(device: torch.device) -> torch.dtype:
 # ----------------------------------------------------------------------------- memory
 
 
+def load_wan_model(path: str, *, variant: str, weight_dtype: str, role: str) -> Any:
+    """A Wan DiT file as a MODEL: inside ComfyUI a ModelPatcher built by ComfyUI's own loading
+    (so its weight dtypes, model management, LoRA patching and partial loading apply); outside
+    it, the engine's CausalWanModel. The file is read by the engine's reader, which knows the
+    Self-Forcing dict and the key prefixes in the wild; its weights are checked for NaN/Inf."""
+    from sdvg_core.finite import first_non_finite
+    from sdvg_core.wan import load_wan, read_wan_file
+
+    if weight_dtype not in WEIGHT_DTYPES:
+        raise CheckpointError(f"weight_dtype {weight_dtype!r} is not one of {', '.join(WEIGHT_DTYPES)}.")
+    options = WEIGHT_DTYPES[weight_dtype]
+    if not IN_COMFYUI:
+        device = compute_device()
+        return load_wan(path, variant=variant, dtype=auto_dtype(device), device=device, fp8=options.get("dtype"))
+    state_dict = read_wan_file(path, variant=variant)
+    bad = first_non_finite(state_dict)
+    if bad is not None:
+        raise CheckpointError(f"{path}: tensor {bad!r} holds NaN or Inf, so every output would be NaN. The file "
+                              "is corrupt: download it again.")
+    model = comfy_sd.load_diffusion_model_state_dict(state_dict, model_options=dict(options))
+    if model is None:
+        raise CheckpointError(f"{path}: ComfyUI recognises no diffusion model in it; the {role} must be a "
+                              "Wan 2.1 T2V file.")
+    return model
+
+
 class _Weights(torch.nn.Module):
     """A plain container for ModelPatcher: it writes attributes such as ``device`` onto the
     module it manages, which our models expose as read-only properties."""
@@ -148,7 +181,7 @@ class _Weights(torch.nn.Module):
 
 
 def manage(module: torch.nn.Module) -> Any:
-    """ComfyUI's ModelPatcher for a loaded module (None outside ComfyUI)."""
+    """ComfyUI's ModelPatcher for a module the pack loads itself (the router; None outside ComfyUI)."""
     if not IN_COMFYUI:
         return None
     # Named after the wrapped class: ComfyUI logs "Requested to load <class name>".
@@ -158,13 +191,14 @@ def manage(module: torch.nn.Module) -> Any:
 
 
 def load_models(patchers: Iterable[Any], memory_required: int = 0) -> None:
-    """Move the models onto the compute device through ComfyUI's model management, which first
-    offloads other models to make room for them plus ``memory_required`` bytes (the KV caches,
-    which it cannot see). Whole models: ours cannot run partially offloaded."""
+    """Bring the models onto the compute device through ComfyUI's model management, keeping
+    ``memory_required`` bytes free on top (the KV and text caches and the activations, which it
+    cannot see). It offloads other models first; when VRAM is still short it loads a model
+    partially and streams the rest of its weights on every call, instead of failing."""
     patchers = [p for p in patchers if p is not None]
     if IN_COMFYUI and patchers:
         model_management.load_models_gpu(patchers, memory_required=int(memory_required),
-                                         force_full_load=True)
+                                         minimum_memory_required=int(memory_required))
 
 
 # ----------------------------------------------------------------------------- progress

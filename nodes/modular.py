@@ -33,7 +33,7 @@ CHAIN = "SDVG Draft Block -> SDVG Verify Draft -> SDVG Regenerate Block -> SDVG 
 class ModularRun:
     """One video being built step by step, and which token is current."""
 
-    def __init__(self, session, models, prompt: str, node_id):
+    def __init__(self, session, models: "sdvg.HostModels", prompt: str, node_id):
         self.session, self.models, self.prompt, self.node_id = session, models, prompt, node_id
         self.steps = 0
         self.loop_start_block: int | None = None  # blocks committed when Loop Start last ran
@@ -45,7 +45,7 @@ class ModularRun:
                 f"{node}: this SDVG_SESSION value is stale (made after step {token.steps}, the session "
                 f"is at step {self.steps}). One session output is wired into two step nodes, or a "
                 f"value is reused after the session moved on. Chain the modular nodes in a single line: {CHAIN}.")
-        sdvg.ensure_loaded(self.models, self.session.config)
+        self.models.ensure_loaded()
         try:
             value = self.session.step(step)
         except BaseException:
@@ -109,10 +109,10 @@ class SDVGBegin(_Stateful):
 
     def begin(self, drafter, target, vae, router, positive, prompt, unique_id=None, **video):
         config = make_config(**video)
-        session = sdvg.start_session(drafter=drafter, target=target, vae=vae, router=router,
-                                     positive=positive, prompt=prompt, config=config,
-                                     node_id=unique_id)
-        run = ModularRun(session, (drafter, target, vae, router), prompt, unique_id)
+        session, models = sdvg.start_session(drafter=drafter, target=target, vae=vae, router=router,
+                                             positive=positive, prompt=prompt, config=config,
+                                             node_id=unique_id)
+        run = ModularRun(session, models, prompt, unique_id)
         return (SessionToken(run, 0),)
 
 

@@ -30,9 +30,9 @@ class SDVGSampler:
 
     def sample(self, drafter, target, vae, router, positive, prompt, unique_id=None, **video):
         config = make_config(**video)  # size errors surface here, before any model runs
-        session = sdvg.start_session(drafter=drafter, target=target, vae=vae, router=router,
-                                     positive=positive, prompt=prompt, config=config,
-                                     node_id=unique_id)
+        session, _ = sdvg.start_session(drafter=drafter, target=target, vae=vae, router=router,
+                                        positive=positive, prompt=prompt, config=config,
+                                        node_id=unique_id)
         try:
             result = session.run()
         finally:

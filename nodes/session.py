@@ -3,9 +3,8 @@ into ComfyUI outputs. Shared by the composite sampler and the modular nodes."""
 
 from __future__ import annotations
 
-import copy
 import json
-from dataclasses import asdict
+from dataclasses import asdict, dataclass
 
 import numpy as np
 import torch
@@ -18,9 +17,10 @@ from sdvg_core.speculative import BlockEvent, SDVGResult, SDVGSession
 from sdvg_core.text import pad_text
 from sdvg_core.timeline import render_timeline
 from sdvg_core.vae import to_raw_latents
+from sdvg_core.wan import check_compatible
 
 from . import host
-from .loaders import LoadedModel
+from .models import RouterModel, patcher_of, vae_stream, wan_network
 
 BLOCK_EVENT = "sdvg.block"          # websocket message the web/ extension listens for
 UI_BLOCKS = "sdvg_blocks"           # key of the blocks in a node's "ui" output
@@ -28,39 +28,59 @@ TIMELINE_SIZE = (768, 256)
 _ACTIVATION_MARGIN = 1.25           # KV caches are most of the extra memory; keep headroom
 
 
-def start_session(*, drafter: LoadedModel, target: LoadedModel, vae: LoadedModel,
-                  router: LoadedModel, positive, prompt: str, config: SDVGConfig,
-                  node_id: str | None = None) -> SDVGSession:
-    """Check the inputs, bring the models onto the compute device and open a session.
+@dataclass
+class HostModels:
+    """The models a session uses, as ComfyUI's model management sees them, and the room it
+    must keep free beside them (the caches and activations it cannot see)."""
 
-    The session gets its own shallow copy of the VAE: the decode stream state lives on that
-    object, so two sessions sharing one loaded VAE cannot disturb each other.
+    patchers: list
+    memory_required: int
+
+    def ensure_loaded(self) -> None:
+        """Before every model call that may follow other nodes: ComfyUI may have moved things."""
+        host.load_models(self.patchers, memory_required=self.memory_required)
+
+
+def start_session(*, drafter, target, vae, router, positive, prompt: str, config: SDVGConfig,
+                  node_id: str | None = None) -> tuple[SDVGSession, HostModels]:
+    """Check the inputs, bring the models onto their devices, open a session.
+
+    Everything that can be checked without running a model is checked first: the prompt, that
+    each MODEL holds a Wan 2.1 T2V DiT, that drafter and target work together, the VAE and router.
+    Baseline modes leave the models they never call where they are.
     """
     config.validate()
     if not isinstance(prompt, str) or not prompt.strip():
         raise InputError(
             "prompt is empty: ImageReward needs the prompt text to score drafts. Type the text "
             "you encoded into 'positive' (or feed both from one String node).")
-    for name, value, role in (("drafter", drafter, "drafter"), ("target", target, "target"),
-                              ("vae", vae, "vae"), ("router", router, "router")):
-        if not isinstance(value, LoadedModel) or value.role != role:
-            raise InputError(f"{name}: expected the output of the SDVG {role} loader, got {value!r}.")
-    text = pad_text(positive, dim=drafter.engine.cfg.text_dim)
-    # Baseline modes leave the models they never call where they are.
-    needed = config.models | {"vae"}
-    ensure_loaded([m for m in (drafter, target, vae, router) if m.role in needed], config)
-    use = lambda m: m.engine if m.role in needed else None  # noqa: E731
-    return SDVGSession(
-        drafter=use(drafter), target=use(target), vae=copy.copy(vae.engine),
-        scorer=use(router), text=text, prompt=prompt, config=config,
+    needed = config.models
+    inputs = {"drafter": drafter, "target": target}
+    networks = {role: wan_network(inputs[role], role) for role in ("drafter", "target") if role in needed}
+    if len(networks) == 2:
+        check_compatible(networks["drafter"], networks["target"])
+        size = {role: n.cfg.dim ** 2 * n.cfg.num_layers for role, n in networks.items()}
+        if size["drafter"] > size["target"]:
+            raise InputError(
+                f"drafter: the drafter ({networks['drafter'].cfg.dim} wide, {networks['drafter'].cfg.num_layers} "
+                f"blocks) is larger than the target ({networks['target'].cfg.dim} wide, "
+                f"{networks['target'].cfg.num_layers} blocks): the two MODEL inputs are swapped. The small "
+                "model (Self-Forcing 1.3B) drafts, the large one (Krea 14B) is the target.")
+    if "router" in needed and not isinstance(router, RouterModel):
+        raise InputError(f"router: expected the output of Load ImageReward Router, got {type(router).__name__}.")
+    stream = vae_stream(vae)
+    text = pad_text(positive, dim=next(iter(networks.values())).cfg.text_dim)
+    caches = sum(cache_bytes(n.cfg, config.latent_hw, n.compute_dtype) for n in networks.values())
+    used = [inputs[role] for role in networks] + [vae] + ([router] if "router" in needed else [])
+    models = HostModels([patcher_of(m) for m in used], int(caches * _ACTIVATION_MARGIN))
+    models.ensure_loaded()
+    # After loading: ComfyUI may have patched a model's compute dtype.
+    networks = {role: wan_network(inputs[role], role) for role in networks}
+    session = SDVGSession(
+        drafter=networks.get("drafter"), target=networks.get("target"), vae=stream,
+        scorer=router.scorer if "router" in needed else None, text=text, prompt=prompt, config=config,
         on_block=block_reporter(node_id, config), check_interrupt=host.check_interrupt)
-
-
-def ensure_loaded(models, config: SDVGConfig) -> None:
-    """Through ComfyUI's model management: offload other models, keep room for the caches."""
-    wan = [m.engine for m in models if m.role in ("drafter", "target")]
-    extra = sum(cache_bytes(m.cfg, config.latent_hw, m.compute_dtype) for m in wan) * _ACTIVATION_MARGIN
-    host.load_models([m.patcher for m in models], memory_required=int(extra))
+    return session, models
 
 
 def block_payload(stats, tau: float, num_blocks: int, node_id: str | None) -> dict:

@@ -20,9 +20,12 @@ PROMPT_TOOLTIP = (
 def model_inputs() -> dict:
     """The four models and the text, as the sampler and SDVG Begin take them."""
     return {
-        "drafter": ("SDVG_DRAFTER", {"tooltip": "From Load Drafter (Self-Forcing 1.3B)."}),
-        "target": ("SDVG_TARGET", {"tooltip": "From Load Target (Krea Realtime 14B)."}),
-        "vae": ("SDVG_VAE", {"tooltip": "From Load SDVG VAE (Wan 2.1 VAE)."}),
+        "drafter": ("MODEL", {"tooltip": "The small Wan 2.1 model that drafts every block: Load Drafter "
+            "(Self-Forcing 1.3B), or any Wan 2.1 T2V MODEL (core's Load Diffusion Model, a GGUF loader, "
+            "LoRA loaders in between)."}),
+        "target": ("MODEL", {"tooltip": "The large Wan 2.1 model that regenerates rejected blocks: Load "
+            "Target (Krea Realtime 14B), or any Wan 2.1 T2V MODEL of the same family."}),
+        "vae": ("VAE", {"tooltip": "The Wan 2.1 VAE, from core's Load VAE (wan_2.1_vae.safetensors)."}),
         "router": ("SDVG_ROUTER", {"tooltip": "From Load ImageReward Router."}),
         "positive": ("CONDITIONING", {"tooltip":
             "The prompt embedding: CLIPTextEncode with a CLIPLoader of type 'wan' (umT5-XXL)."}),

@@ -1,18 +1,21 @@
 """Streaming Wan 2.1 VAE: block-by-block decode with rollback, and the anchor-frame encode.
 
-diffusers' `AutoencoderKLWan._decode` decodes a video one latent frame at a time, carrying a
-per-conv feature cache from frame to frame, and throws the cache away at the end. Here the
-cache outlives a call: the block loop decodes each new block through the same cache, so the
-frames equal a one-shot decode of the whole video (tested bit for bit), and a rejected draft
-block is undone by restoring a snapshot of the cache.
+A Wan VAE decodes a video a latent frame (or a few) at a time, carrying a per-conv feature
+cache from call to call, and throws the cache away at the end of its own decode. Here the cache
+outlives a call: the block loop decodes each new block through the same cache, so the frames
+equal a one-shot decode of the whole video (tested bit for bit), and a rejected draft block is
+undone by restoring a snapshot of the cache (docs/algorithm.md, section 5). Two module trees:
 
-This uses diffusers' private pieces (`decoder(x, feat_cache=, feat_idx=, first_chunk=)`,
-`encoder(...)`, `post_quant_conv`, `quant_conv`); requirements.txt pins the diffusers minor
-version and tests/test_vae.py pins the equivalence.
+- ``StreamingVAE``: diffusers' ``AutoencoderKLWan`` (the standalone engine and the CLI). It uses
+  diffusers' private pieces (``decoder(x, feat_cache=, feat_idx=, first_chunk=)``, ``encoder``,
+  ``post_quant_conv``, ``quant_conv``); requirements.txt pins the diffusers minor version and
+  tests/test_vae.py pins the equivalence.
+- ``WanTreeStream``: the original Wan layout, as ComfyUI's core ``VAE`` holds it; the ComfyUI
+  end-to-end test pins its equivalence with ComfyUI's own decode.
 
-Snapshots are shallow. In diffusers 0.42 every cache write is `feat_cache[idx] = <new tensor>`
-(a `.clone()`, a `torch.cat`, or the string "Rep"); no entry is ever modified in place. So a
-copy of the list, not of the tensors, freezes the state (tests check the tensors too).
+Snapshots are shallow. In both every cache write is ``feat_cache[idx] = <new tensor>`` (a
+``.clone()``, a ``torch.cat``, or the string "Rep"); no entry is modified in place. So a copy of
+the list, not of the tensors, freezes the state (tests check the tensors too).
 """
 
 from __future__ import annotations
@@ -77,52 +80,22 @@ class _StreamState:
     started: bool  # False until the video's first latent frame has been decoded
 
 
-class StreamingVAE:
-    """diffusers AutoencoderKLWan decoded block by block through its causal feature cache."""
+class DecodeStream:
+    """A Wan 2.1 VAE decoded block by block through a causal feature cache that outlives a call.
 
-    def __init__(self, vae: AutoencoderKLWan):
-        """Wrap a Wan 2.1 `AutoencoderKLWan`; normalisation comes from its config's latents_mean / latents_std."""
-        config = vae.config
-        if config.z_dim != LATENT_CHANNELS or config.patch_size is not None or config.is_residual:
-            raise IncompatibleModelsError(
-                f"StreamingVAE needs the Wan 2.1 VAE (16 latent channels, no patching); got z_dim={config.z_dim}, "
-                f"patch_size={config.patch_size}, is_residual={config.is_residual} (a Wan 2.2 VAE?). "
-                f"Use the Wan 2.1 VAE, which both Self-Forcing and Krea Realtime were trained with."
-            )
-        self.vae = vae.eval()
-        # Our own cache lists, not vae._feat_map: diffusers' encode()/decode() wipe theirs, and
-        # anyone may call those on the same model mid-stream.
-        self._decoder_slots = _count_causal_convs(vae.decoder)
-        self._encoder_slots = _count_causal_convs(vae.encoder)
-        self._mean = torch.tensor(config.latents_mean, dtype=torch.float32).view(1, -1, 1, 1, 1)
-        self._std = torch.tensor(config.latents_std, dtype=torch.float32).view(1, -1, 1, 1, 1)
+    Subclasses say how their module tree is called: ``_features`` (the 1x1x1 conv before the
+    decoder), ``_decode_chunks`` (the decoder over some latent frames, carrying the cache) and
+    ``_encode_mean`` (the posterior mean of a one-frame clip); and where it computes.
+    """
+
+    def __init__(self, decoder_slots: int, mean, std):
+        self._decoder_slots = decoder_slots
+        self._mean = torch.tensor(mean, dtype=torch.float32).view(1, -1, 1, 1, 1)
+        self._std = torch.tensor(std, dtype=torch.float32).view(1, -1, 1, 1, 1)
         self.reset()
 
-    # ------------------------------------------------------------------ loading
-
-    @classmethod
-    def from_single_file(cls, path, *, dtype=torch.float32, device="cpu") -> "StreamingVAE":
-        """Load a Wan 2.1 VAE file: ComfyUI's wan_2.1_vae.safetensors, Wan2.1_VAE.pth, or a diffusers-layout file."""
-        path = os.fspath(path)
-        state_dict = _read_state_dict(path)
-        return cls.from_state_dict(state_dict, dtype=dtype, device=device, source=path)
-
-    @classmethod
-    def from_state_dict(cls, state_dict: dict, *, dtype=torch.float32, device="cpu", source="state dict") -> "StreamingVAE":
-        """Build from tensors in the original Wan or the diffusers key layout; `source` names them in errors."""
-        return cls(_build_wan21_vae(_diffusers_layout(state_dict, source), source, dtype=dtype, device=device))
-
-    # ------------------------------------------------------------------ properties
-
-    @property
-    def dtype(self) -> torch.dtype:
-        return next(self.vae.parameters()).dtype  # ModelMixin.dtype walks every module
-
-    @property
-    def device(self) -> torch.device:
-        return next(self.vae.parameters()).device  # read live: a host may move the VAE
-
-    # ------------------------------------------------------------------ decode stream
+    device: torch.device
+    dtype: torch.dtype
 
     def reset(self) -> None:
         """Start a new video: empty feature cache, the next frame is the first."""
@@ -144,19 +117,11 @@ class StreamingVAE:
         _check_latents(latents)
         z = latents.permute(0, 2, 1, 3, 4).to(device=self.device, dtype=torch.float32)
         z = z * self._std.to(z.device) + self._mean.to(z.device)
-        x = self.vae.post_quant_conv(z.to(self.dtype))  # 1x1x1 conv: per frame, so per block is exact
-
+        x = self._features(z.to(self.dtype))  # a 1x1x1 conv: per frame, so per block is exact
         cache = list(self._state.feat_cache)
-        started = self._state.started
-        frames = []
-        for i in range(x.shape[2]):
-            frames.append(
-                self.vae.decoder(x[:, :, i : i + 1], feat_cache=cache, feat_idx=[0], first_chunk=not started)
-            )
-            started = True
-        self._state = _StreamState(feat_cache=tuple(cache), started=started)
-
-        pixels = torch.clamp(torch.cat(frames, dim=2), min=-1.0, max=1.0)  # as diffusers' _decode does
+        pixels = self._decode_chunks(x, cache, self._state.started)
+        self._state = _StreamState(feat_cache=tuple(cache), started=True)
+        pixels = torch.clamp(pixels, min=-1.0, max=1.0)  # as diffusers' and ComfyUI's decodes do
         return pixels.permute(0, 2, 1, 3, 4)
 
     def snapshot(self) -> object:
@@ -166,10 +131,8 @@ class StreamingVAE:
     def restore(self, state: object) -> None:
         """Return the decode stream to a `snapshot()`; a snapshot may be restored any number of times."""
         if not isinstance(state, _StreamState) or len(state.feat_cache) != self._decoder_slots:
-            raise InputError("restore() takes a value returned by snapshot() of this same StreamingVAE.")
+            raise InputError("restore() takes a value returned by snapshot() of this same VAE stream.")
         self._state = state
-
-    # ------------------------------------------------------------------ anchor encode
 
     @torch.no_grad()
     def encode_frame(self, frame: torch.Tensor) -> torch.Tensor:
@@ -179,12 +142,99 @@ class StreamingVAE:
         NORMALISED ((mu - mean) / std), float32, [B, 1, 16, H/8, W/8]. Leaves the decode stream alone.
         """
         _check_frame(frame)
-        x = frame.unsqueeze(2).to(device=self.device, dtype=self.dtype)
-        cache = [None] * self._encoder_slots  # a fresh clip of its own
-        h = self.vae.quant_conv(self.vae.encoder(x, feat_cache=cache, feat_idx=[0]))
-        mu = h[:, :LATENT_CHANNELS].float()  # DiagonalGaussianDistribution.mean: first half of the channels
+        mu = self._encode_mean(frame.unsqueeze(2).to(device=self.device, dtype=self.dtype)).float()
         mu = (mu - self._mean.to(mu.device)) / self._std.to(mu.device)
         return mu.permute(0, 2, 1, 3, 4)
+
+
+class StreamingVAE(DecodeStream):
+    """diffusers AutoencoderKLWan decoded block by block through its causal feature cache."""
+
+    def __init__(self, vae: AutoencoderKLWan):
+        """Wrap a Wan 2.1 `AutoencoderKLWan`; normalisation comes from its config's latents_mean / latents_std."""
+        config = vae.config
+        if config.z_dim != LATENT_CHANNELS or config.patch_size is not None or config.is_residual:
+            raise IncompatibleModelsError(
+                f"StreamingVAE needs the Wan 2.1 VAE (16 latent channels, no patching); got z_dim={config.z_dim}, "
+                f"patch_size={config.patch_size}, is_residual={config.is_residual} (a Wan 2.2 VAE?). "
+                f"Use the Wan 2.1 VAE, which both Self-Forcing and Krea Realtime were trained with."
+            )
+        self.vae = vae.eval()
+        # Our own cache lists, not vae._feat_map: diffusers' encode()/decode() wipe theirs, and
+        # anyone may call those on the same model mid-stream.
+        self._encoder_slots = _count_causal_convs(vae.encoder)
+        super().__init__(_count_causal_convs(vae.decoder), config.latents_mean, config.latents_std)
+
+    @classmethod
+    def from_single_file(cls, path, *, dtype=torch.float32, device="cpu") -> "StreamingVAE":
+        """Load a Wan 2.1 VAE file: ComfyUI's wan_2.1_vae.safetensors, Wan2.1_VAE.pth, or a diffusers-layout file."""
+        path = os.fspath(path)
+        state_dict = _read_state_dict(path)
+        return cls.from_state_dict(state_dict, dtype=dtype, device=device, source=path)
+
+    @classmethod
+    def from_state_dict(cls, state_dict: dict, *, dtype=torch.float32, device="cpu", source="state dict") -> "StreamingVAE":
+        """Build from tensors in the original Wan or the diffusers key layout; `source` names them in errors."""
+        return cls(_build_wan21_vae(_diffusers_layout(state_dict, source), source, dtype=dtype, device=device))
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return next(self.vae.parameters()).dtype  # ModelMixin.dtype walks every module
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.vae.parameters()).device  # read live: a host may move the VAE
+
+    def _features(self, z: torch.Tensor) -> torch.Tensor:
+        return self.vae.post_quant_conv(z)
+
+    def _decode_chunks(self, x: torch.Tensor, cache: list, started: bool) -> torch.Tensor:
+        frames = []
+        for i in range(x.shape[2]):  # one latent frame a call, as diffusers' own _decode
+            frames.append(self.vae.decoder(x[:, :, i:i + 1], feat_cache=cache, feat_idx=[0],
+                                           first_chunk=not started and i == 0))
+        return torch.cat(frames, dim=2)
+
+    def _encode_mean(self, x: torch.Tensor) -> torch.Tensor:
+        cache = [None] * self._encoder_slots  # a fresh clip of its own
+        h = self.vae.quant_conv(self.vae.encoder(x, feat_cache=cache, feat_idx=[0]))
+        return h[:, :LATENT_CHANNELS]  # DiagonalGaussianDistribution.mean: first half of the channels
+
+
+class WanTreeStream(DecodeStream):
+    """A Wan 2.1 VAE in the original Wan module layout (``encoder``, ``conv1``, ``conv2``,
+    ``decoder``: ComfyUI's ``WanVAE``, its VAE's ``first_stage_model``), decoded block by block.
+
+    The decoder is called with its own ``feat_cache`` / ``feat_idx`` API: the video's first latent
+    frame alone, then each block's frames together. Both cache semantics ComfyUI has shipped
+    (one frame or more per call; chunks of two or more) give a one-shot decode exactly with this
+    chunking. ``device`` and ``dtype`` are where the host placed the model.
+    """
+
+    def __init__(self, tree: torch.nn.Module, *, device, dtype: torch.dtype):
+        for part in ("encoder", "decoder", "conv1", "conv2"):
+            if not isinstance(getattr(tree, part, None), torch.nn.Module):
+                raise IncompatibleModelsError(
+                    f"the VAE holds a {type(tree).__name__} without '{part}': it is not a Wan 2.1 VAE. "
+                    f"Load wan_2.1_vae.safetensors with Load VAE. {_WHERE}")
+        self.tree = tree
+        self.device, self.dtype = torch.device(device), dtype
+        slots = sum(type(m).__name__ == "CausalConv3d" for m in tree.decoder.modules())
+        super().__init__(slots, WAN21_LATENTS_MEAN, WAN21_LATENTS_STD)
+
+    def _features(self, z: torch.Tensor) -> torch.Tensor:
+        return self.tree.conv2(z)
+
+    def _decode_chunks(self, x: torch.Tensor, cache: list, started: bool) -> torch.Tensor:
+        chunks = [x] if started or x.shape[2] == 1 else [x[:, :, :1], x[:, :, 1:]]  # frame 0 alone
+        out = []
+        for chunk in chunks:
+            decoded = self.tree.decoder(chunk, feat_cache=cache, feat_idx=[0])
+            out.extend(decoded if isinstance(decoded, list) else [decoded])  # newer ComfyUI returns a list
+        return torch.cat(out, dim=2)
+
+    def _encode_mean(self, x: torch.Tensor) -> torch.Tensor:
+        return self.tree.encode(x)  # Wan's own: the posterior mean (raw) of this one-frame clip
 
 
 # ---------------------------------------------------------------------- the model

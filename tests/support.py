@@ -32,6 +32,7 @@ CORE_NODES = {
         ("device", "COMBO", ["default", "cpu"])], "outputs": ["CLIP"]},
     "CLIPTextEncode": {"inputs": [("clip", "CLIP")], "widgets": [("text", "STRING", None)],
                        "outputs": ["CONDITIONING"]},
+    "VAELoader": {"inputs": [], "widgets": [("vae_name", "COMBO", None)], "outputs": ["VAE"]},
     "CreateVideo": {"inputs": [("images", "IMAGE"), ("audio", "AUDIO")],
                     "widgets": [("fps", "FLOAT", (1.0, 120.0))], "outputs": ["VIDEO"]},
     "SaveVideo": {"inputs": [("video", "VIDEO")], "widgets": [
@@ -230,6 +231,16 @@ def core_stand_ins(text_dim: int, saved: dict) -> dict:
         def run(self, clip, text):
             return (clip.encode_from_tokens_scheduled(clip.tokenize(text)),)
 
+    class VAELoader:  # outside ComfyUI a VAE is the engine's StreamingVAE
+        FUNCTION = "run"
+        RETURN_TYPES = ("VAE",)
+        INPUT_TYPES = classmethod(lambda cls: {"required": {}})
+        def run(self, vae_name):
+            from sdvg_core.vae import StreamingVAE
+            from sdvg_pack_under_test.nodes import host
+
+            return (StreamingVAE.from_single_file(host.full_path("vae", vae_name)),)
+
     class CreateVideo:
         FUNCTION = "run"
         RETURN_TYPES = ("VIDEO",)
@@ -255,7 +266,7 @@ def core_stand_ins(text_dim: int, saved: dict) -> dict:
             saved.setdefault("previews", []).append(images)
             return ()
 
-    return {c.__name__: c for c in (PrimitiveStringMultiline, CLIPLoader, CLIPTextEncode,
+    return {c.__name__: c for c in (PrimitiveStringMultiline, CLIPLoader, CLIPTextEncode, VAELoader,
                                     CreateVideo, SaveVideo, PreviewImage)}
 
 

@@ -23,13 +23,14 @@ import support
 from sdvg_core.errors import CheckpointError, InputError, MissingFileError, SDVGError
 from sdvg_core.timeline import DECISION_COLOURS, render_timeline, timeline_layout
 from sdvg_core.tiny import tiny_text
+from sdvg_core.vae import StreamingVAE
 
 ROOT = support.ROOT
 PACK = support.load_pack()
 MAPPINGS = PACK.NODE_CLASS_MAPPINGS
 DISPLAY = PACK.NODE_DISPLAY_NAME_MAPPINGS
 from sdvg_pack_under_test.nodes import host, session as node_session  # noqa: E402
-from sdvg_pack_under_test.nodes.loaders import LoadedModel  # noqa: E402
+from sdvg_pack_under_test.nodes.models import RouterModel, wan_network  # noqa: E402
 from sdvg_pack_under_test.nodes.loop import expand_loop, loop_body  # noqa: E402
 
 PROMPT = "a red fox running through fresh snow"
@@ -50,7 +51,7 @@ def call(name, *args, **kwargs):
 
 
 def scripted_router(offsets=(5.0, -5.0)):
-    return LoadedModel("router", support.ScriptedScorer(offsets), "scripted-router")
+    return RouterModel(support.ScriptedScorer(offsets), "scripted-router")
 
 
 # ----------------------------------------------------------------------------- fixtures
@@ -71,9 +72,9 @@ def models_dir(tmp_path_factory):
 def models(models_dir):
     root, info = models_dir
     return {
-        "drafter": call("SDVGLoadDrafter", info["drafter"].name, "ema", "auto")[0],
-        "target": call("SDVGLoadTarget", info["target"].name, "ema", "fp32")[0],
-        "vae": call("SDVGLoadVAE", info["vae"].name, "auto")[0],
+        "drafter": call("SDVGLoadDrafter", info["drafter"].name, "ema", "default")[0],
+        "target": call("SDVGLoadTarget", info["target"].name, "ema", "default")[0],
+        "vae": StreamingVAE.from_single_file(info["vae"]),  # what core's Load VAE stands for here
         "router": call("SDVGLoadRouter", "ImageReward.pt", "fp32")[0],
     }
 
@@ -139,33 +140,24 @@ def test_node_contract(name):
 def test_categories_and_display_names():
     for name in MODULAR:
         assert MAPPINGS[name].CATEGORY == "SDVG/modular"
-    for name in ("SDVGLoadDrafter", "SDVGLoadTarget", "SDVGLoadVAE", "SDVGLoadRouter"):
+    for name in ("SDVGLoadDrafter", "SDVGLoadTarget", "SDVGLoadRouter"):
         assert MAPPINGS[name].CATEGORY == "SDVG/loaders"
     titles = set(DISPLAY.values())
-    for title in ("Load Drafter", "Load Target", "Load SDVG VAE", "Load ImageReward Router", "SDVG Sampler",
+    for title in ("Load Drafter", "Load Target", "Load ImageReward Router", "SDVG Sampler",
                   "SDVG Begin", "SDVG Finish"):
         assert title in titles
     for name in MODULAR:  # every step node comes up when a user searches "SDVG"
         assert DISPLAY[name].startswith("SDVG ")
 
 
-def test_sampler_inputs_and_outputs():
-    cls = MAPPINGS["SDVGSampler"]
-    required = cls.INPUT_TYPES()["required"]
-    types_ = {k: v[0] for k, v in required.items()}
-    assert types_["drafter"] == "SDVG_DRAFTER" and types_["target"] == "SDVG_TARGET"
-    assert types_["vae"] == "SDVG_VAE" and types_["router"] == "SDVG_ROUTER"
-    assert types_["positive"] == "CONDITIONING"
-    assert types_["prompt"] == "STRING" and required["prompt"][1]["multiline"]
-    for name in ("width", "height", "num_blocks", "seed", "hybrid_k"):
-        assert types_[name] == "INT", name
-    assert types_["tau"] == "FLOAT" and types_["drop_first_frames"] == "BOOLEAN"
-    assert isinstance(types_["aggregation"], list) and "min" in types_["aggregation"]
-    assert isinstance(types_["skip"], list) and "none" in types_["skip"]
-    assert required["width"][1]["step"] == 16 and required["height"][1]["step"] == 16
-    assert cls.RETURN_TYPES == ("IMAGE", "LATENT", "STRING", "IMAGE")
-    assert MAPPINGS["SDVGFinish"].RETURN_TYPES == cls.RETURN_TYPES
+def test_sampler_takes_comfyuis_own_model_types():
+    required = MAPPINGS["SDVGSampler"].INPUT_TYPES()["required"]
+    assert [required[k][0] for k in ("drafter", "target", "vae", "positive")] == ["MODEL", "MODEL", "VAE", "CONDITIONING"]
+    assert MAPPINGS["SDVGFinish"].RETURN_TYPES == MAPPINGS["SDVGSampler"].RETURN_TYPES
     assert MAPPINGS["SDVGBegin"].INPUT_TYPES()["required"].keys() == required.keys()
+    for loader in ("SDVGLoadDrafter", "SDVGLoadTarget"):  # LoRA and GGUF loaders take and give MODEL
+        assert MAPPINGS[loader].RETURN_TYPES == ("MODEL",)
+        assert MAPPINGS[loader].INPUT_TYPES()["required"]["weight_dtype"][0] == list(host.WEIGHT_DTYPES)
 
 
 @pytest.mark.parametrize("name", ["SDVGSampler", "SDVGBegin"])
@@ -185,7 +177,7 @@ def test_stateful_nodes_are_never_served_from_cache():
         fingerprint = cls.IS_CHANGED()
         assert fingerprint != fingerprint  # NaN: never equal to a cached signature
         assert cls.NOT_IDEMPOTENT is True
-    for name in ("SDVGSampler", "SDVGLoadDrafter", "SDVGLoadTarget", "SDVGLoadVAE", "SDVGLoadRouter"):
+    for name in ("SDVGSampler", "SDVGLoadDrafter", "SDVGLoadTarget", "SDVGLoadRouter"):
         assert not hasattr(MAPPINGS[name], "IS_CHANGED"), f"{name} is a pure function of its inputs: cacheable"
     loop_end = MAPPINGS["SDVGLoopEnd"].INPUT_TYPES()
     assert loop_end["required"]["loop"][1]["rawLink"] is True
@@ -199,23 +191,41 @@ def test_loaders_list_the_model_folders(models_dir):
     _, info = models_dir
     listed = MAPPINGS["SDVGLoadDrafter"].INPUT_TYPES()["required"]["model_name"][0]
     assert info["drafter"].name in listed and info["target"].name in listed
-    assert info["vae"].name in MAPPINGS["SDVGLoadVAE"].INPUT_TYPES()["required"]["vae_name"][0]
     assert MAPPINGS["SDVGLoadRouter"].INPUT_TYPES()["required"]["router"][0] == ["ImageReward.pt"]
 
 
 def test_loaders_load_the_files(models, models_dir):
     _, info = models_dir
-    assert [models[k].role for k in ("drafter", "target", "vae", "router")] == ["drafter", "target", "vae", "router"]
-    assert models["target"].engine.compute_dtype == torch.float32
+    assert models["target"].compute_dtype == torch.float32  # outside ComfyUI a MODEL is the engine's DiT
     assert models["router"].path == str(info["router"])
     # the variant widget picks the Self-Forcing weights: compare with the file itself
     raw = torch.load(info["drafter"], map_location="cpu", weights_only=True)
     key = "patch_embedding.weight"
-    ema = call("SDVGLoadDrafter", info["drafter"].name, "ema", "fp32")[0].engine
-    plain = call("SDVGLoadDrafter", info["drafter"].name, "plain", "bf16")[0].engine
+    ema = call("SDVGLoadDrafter", info["drafter"].name, "ema", "default")[0]
+    plain = call("SDVGLoadDrafter", info["drafter"].name, "plain", "fp8_e4m3fn")[0]
     assert torch.equal(ema.state_dict()[key], raw["generator_ema"]["model." + key])
-    assert torch.equal(plain.state_dict()[key], raw["generator"]["model." + key].bfloat16())
-    assert plain.compute_dtype == torch.bfloat16
+    assert torch.equal(plain.state_dict()[key], raw["generator"]["model." + key])
+    q = "blocks.0.self_attn.q.weight"  # fp8 weight dtype: the Linear weights are stored in fp8
+    assert plain.state_dict()[q].dtype == torch.float8_e4m3fn
+    assert torch.equal(plain.state_dict()[q], raw["generator"]["model." + q].to(torch.float8_e4m3fn))
+
+
+def test_the_model_adapter_reads_a_comfyui_model_patcher():
+    """A MODEL from ComfyUI is a ModelPatcher: the engine runs on model.model.diffusion_model
+    at the patcher's load device, computing in manual_cast_dtype (or the weights' dtype)."""
+    from sdvg_core.tiny import TARGET, tiny_wan
+
+    engine = tiny_wan(TARGET, 0)
+    for cast, weights, expected in ((torch.float32, torch.float8_e4m3fn, torch.float32),
+                                    (None, torch.float32, torch.float32)):
+        base = types.SimpleNamespace(diffusion_model=engine, manual_cast_dtype=cast, get_dtype=lambda w=weights: w)
+        patcher = types.SimpleNamespace(model=base, load_device=torch.device("cpu"))
+        network = wan_network(patcher, "target")
+        assert network.tree is engine and network.cfg == engine.cfg
+        assert network.compute_dtype == expected and network.device == torch.device("cpu")
+        assert network.exact_dtype == (torch.float32 if cast is not None else expected)
+    with pytest.raises(InputError, match="target: expected a MODEL"):
+        wan_network(object(), "target")
 
 
 def test_router_folder_can_be_a_subfolder(models_dir):
@@ -232,27 +242,23 @@ def test_router_folder_can_be_a_subfolder(models_dir):
 def test_loader_errors_name_the_file(models_dir):
     root, info = models_dir
     with pytest.raises(MissingFileError, match="no_such_model.safetensors"):
-        call("SDVGLoadDrafter", "no_such_model.safetensors", "ema", "auto")
+        call("SDVGLoadDrafter", "no_such_model.safetensors", "ema", "default")
     broken = root / "diffusion_models" / "broken_download.safetensors"
     broken.write_bytes(b"\x10\x00\x00\x00\x00\x00\x00\x00{not json")
     wrong = root / "diffusion_models" / "a_vae_not_a_dit.safetensors"
     shutil.copyfile(info["vae"], wrong)
-    dit_as_vae = root / "vae" / "a_dit_not_a_vae.safetensors"
-    shutil.copyfile(info["target"], dit_as_vae)
     bad_router = root / "image_reward" / "incomplete"
     bad_router.mkdir()
     shutil.copyfile(info["router"] / "ImageReward.pt", bad_router / "ImageReward.pt")
     try:
         with pytest.raises(CheckpointError, match="broken_download.safetensors"):
-            call("SDVGLoadTarget", broken.name, "ema", "auto")
+            call("SDVGLoadTarget", broken.name, "ema", "default")
         with pytest.raises(CheckpointError, match="a_vae_not_a_dit.safetensors"):
-            call("SDVGLoadTarget", wrong.name, "ema", "auto")
-        with pytest.raises(SDVGError, match="a_dit_not_a_vae.safetensors"):
-            call("SDVGLoadVAE", dit_as_vae.name, "auto")
+            call("SDVGLoadTarget", wrong.name, "ema", "default")
         with pytest.raises(MissingFileError, match="med_config.json"):
             call("SDVGLoadRouter", "incomplete/ImageReward.pt", "fp32")
     finally:
-        for path in (broken, wrong, dit_as_vae):
+        for path in (broken, wrong):
             path.unlink()
         shutil.rmtree(bad_router)
 
@@ -287,7 +293,7 @@ def test_latent_output_decodes_to_the_frames_with_diffusers(composite_real, mode
     frames, latent = out["result"][:2]
     samples = latent["samples"]
     assert samples.shape == (1, 16, 3 * VIDEO["num_blocks"], VIDEO["height"] // 8, VIDEO["width"] // 8)
-    vae = models["vae"].engine.vae
+    vae = models["vae"].vae
     with torch.no_grad():
         video = vae.decode(samples.to(vae.dtype)).sample.float()  # [1, 3, T, H, W] in [-1, 1]
     decoded = video[0].permute(1, 2, 3, 0).add(1).div(2).clamp(0, 1)[3:]  # drop_first_frames
@@ -336,7 +342,7 @@ def test_sampler_reserves_memory_for_the_caches(composite_real, models):
     assert len(patchers) == 4  # one per model (None outside ComfyUI)
     tokens = (VIDEO["height"] // 16) * (VIDEO["width"] // 16)
     expected = 0
-    for m in (models["drafter"].engine, models["target"].engine):
+    for m in (models["drafter"], models["target"]):
         per_token = 2 * m.cfg.num_layers * m.cfg.dim * torch.finfo(m.compute_dtype).bits // 8
         expected += per_token * (6 * tokens + 512)
     allocated = sum(record["released_cache_bytes"])
@@ -361,8 +367,12 @@ def test_empty_prompt_and_wrong_wiring_are_explained(models, positive):
     m = models
     with pytest.raises(InputError, match="prompt is empty"):
         call("SDVGSampler", m["drafter"], m["target"], m["vae"], m["router"], positive, "  ", **VIDEO)
-    with pytest.raises(InputError, match="drafter"):
-        call("SDVGSampler", m["target"], m["target"], m["vae"], m["router"], positive, PROMPT, **VIDEO)
+    with pytest.raises(InputError, match="drafter: .* swapped"):
+        call("SDVGSampler", m["target"], m["drafter"], m["vae"], m["router"], positive, PROMPT, **VIDEO)
+    with pytest.raises(InputError, match="vae: expected a VAE"):
+        call("SDVGSampler", m["drafter"], m["target"], m["drafter"], m["router"], positive, PROMPT, **VIDEO)
+    with pytest.raises(InputError, match="router: expected"):
+        call("SDVGSampler", m["drafter"], m["target"], m["vae"], m["vae"], positive, PROMPT, **VIDEO)
 
 
 def test_interrupt_stops_between_model_calls_and_the_next_run_works(models, positive, composite_scripted, monkeypatch):
@@ -378,7 +388,7 @@ def test_interrupt_stops_between_model_calls_and_the_next_run_works(models, posi
     def progress(value, total, preview=None):  # the user presses Cancel while block 0 is shown
         state["cancelled"] = True
 
-    forward = type(models["drafter"].engine).forward
+    forward = type(models["drafter"]).forward
 
     def counting_forward(self, *args, **kwargs):
         if state["cancelled"]:
@@ -387,7 +397,7 @@ def test_interrupt_stops_between_model_calls_and_the_next_run_works(models, posi
 
     monkeypatch.setattr(host, "check_interrupt", check_interrupt)
     monkeypatch.setattr(host, "progress", progress)
-    monkeypatch.setattr(type(models["drafter"].engine), "forward", counting_forward)
+    monkeypatch.setattr(type(models["drafter"]), "forward", counting_forward)
     m = models
     with pytest.raises(Interrupted):
         call("SDVGSampler", m["drafter"], m["target"], m["vae"], scripted_router(), positive, PROMPT, **VIDEO)
@@ -572,13 +582,15 @@ def test_host_inside_a_fake_comfyui(tmp_path, monkeypatch):
             calls.append(("progress", value, total, preview))
 
     cu.ProgressBar = ProgressBar
+    sd_ = types.ModuleType("comfy.sd")
+    sd_.load_diffusion_model_state_dict = lambda sd, model_options={}: calls.append(("unet", sd, model_options)) or "MODEL"
     comfy = types.ModuleType("comfy")
-    comfy.model_management, comfy.model_patcher, comfy.utils = mm, mp_, cu
+    comfy.model_management, comfy.model_patcher, comfy.utils, comfy.sd = mm, mp_, cu, sd_
     server = types.ModuleType("server")
     server.PromptServer = types.SimpleNamespace(instance=types.SimpleNamespace(
         client_id="browser-1", send_sync=lambda event, data, sid=None: calls.append(("send", event, data, sid))))
     for name, module in (("folder_paths", fp), ("comfy", comfy), ("comfy.model_management", mm),
-                         ("comfy.model_patcher", mp_), ("comfy.utils", cu), ("server", server)):
+                         ("comfy.model_patcher", mp_), ("comfy.utils", cu), ("comfy.sd", sd_), ("server", server)):
         monkeypatch.setitem(sys.modules, name, module)
     spec = importlib.util.spec_from_file_location("host_in_fake_comfyui", ROOT / "nodes" / "host.py")
     fake_host = importlib.util.module_from_spec(spec)
@@ -592,7 +604,7 @@ def test_host_inside_a_fake_comfyui(tmp_path, monkeypatch):
     patcher = fake_host.manage(module)
     assert patcher.model.inner is module and patcher.load_device == torch.device("cpu")
     fake_host.load_models([patcher, None], memory_required=1234)
-    assert calls[-1] == ("load", [patcher], 1234, {"force_full_load": True})
+    assert calls[-1] == ("load", [patcher], 1234, {"minimum_memory_required": 1234})  # partial loading allowed
     fake_host.check_interrupt()
     assert calls[-1] == ("interrupt?",)
     picture = render_timeline([], 0.0, 160, 120)
@@ -600,3 +612,14 @@ def test_host_inside_a_fake_comfyui(tmp_path, monkeypatch):
     assert calls[-1] == ("progress", 2, 5, ("JPEG", picture, 512))
     fake_host.send("sdvg.block", {"block": 1})
     assert calls[-1] == ("send", "sdvg.block", {"block": 1}, "browser-1")
+    # Load Drafter inside ComfyUI: ComfyUI's own loader gets the file's tensors under Wan's names
+    # (the Self-Forcing variant picked, the prefix stripped) and core's weight dtype options.
+    from sdvg_core.tiny import DRAFTER, tiny_wan
+
+    drafter = tmp_path / "drafter.pt"
+    weights = {f"model.{k}": v for k, v in tiny_wan(DRAFTER, 1).state_dict().items()}
+    torch.save({"generator_ema": weights, "generator": {}}, drafter)
+    assert fake_host.load_wan_model(str(drafter), variant="ema", weight_dtype="fp8_e4m3fn", role="drafter") == "MODEL"
+    _, state_dict, options = calls[-1]
+    assert options == {"dtype": torch.float8_e4m3fn}
+    assert set(state_dict) == {k[len("model."):] for k in weights}

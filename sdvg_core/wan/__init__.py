@@ -2,7 +2,7 @@
 tree, and reading its checkpoints."""
 
 from .caches import KVCache, TextCache
-from .checkpoint import check_compatible, infer_config, inspect_wan, load_wan, read_wan_state_dict
+from .checkpoint import check_compatible, infer_config, inspect_wan, load_wan, read_wan_file, read_wan_state_dict
 from .config import WanConfig
 from .forward import WanNetwork
 from .hosted import check_wan_tree, config_from_tree, hosted_network
@@ -15,6 +15,7 @@ __all__ = [
     "KVCache",
     "TextCache",
     "load_wan",
+    "read_wan_file",
     "read_wan_state_dict",
     "infer_config",
     "inspect_wan",

@@ -47,12 +47,15 @@ _DROPPED_SUFFIXES = (".scale_input", ".input_scale")
 # ----------------------------------------------------------------------------- reading
 
 
-def read_wan_state_dict(path: str | os.PathLike, *, variant: str = "ema", meta: bool = False) -> dict[str, Tensor]:
-    """Read a Wan DiT file into a state dict with original Wan key names.
+def read_wan_file(path: str | os.PathLike, *, variant: str = "ema", meta: bool = False) -> dict[str, Tensor]:
+    """A Wan DiT file's tensors with original Wan key names, as the file has them otherwise.
 
-    variant: for Self-Forcing dict files, "ema"/"generator_ema" (default) or
-    "plain"/"generator"; ignored for files holding a single set of weights. ``meta``: shapes
-    and dtypes only, read from the file's header (safetensors) or memory-mapped (PyTorch zip).
+    The Self-Forcing variant is picked and the key prefix stripped; everything else is kept,
+    fp8 bookkeeping included (``scaled_fp8``, ``scale_weight``/``weight_scale``, ``.comfy_quant``),
+    for a host such as ComfyUI to load its own way. variant: for Self-Forcing dict files,
+    "ema"/"generator_ema" (default) or "plain"/"generator"; ignored for files holding a single
+    set of weights. ``meta``: shapes and dtypes only, from the file's header (safetensors) or
+    memory-mapped (PyTorch zip).
     """
     path = Path(path)
     if variant not in VARIANTS:
@@ -65,7 +68,23 @@ def read_wan_state_dict(path: str | os.PathLike, *, variant: str = "ema", meta: 
     raw = read_tensors(path, "Wan DiT checkpoint", meta=meta)
     if not isinstance(raw, dict):
         raise CheckpointError(f"{path}: holds a {type(raw).__name__}, not a state dict of tensors.")
-    return _normalise_keys(_select_variant(raw, variant, path), path)
+    sd = _select_variant(raw, variant, path)
+    prefix = _dit_prefix(sd, str(path))
+    out: dict[str, Tensor] = {}
+    for key, value in sd.items():
+        if not isinstance(value, Tensor):
+            continue
+        name = key[len(prefix):] if key.startswith(prefix) else key
+        if name in out:
+            raise CheckpointError(f"{path}: key {name!r} appears twice (under different prefixes); the file is malformed.")
+        out[name] = value
+    return out
+
+
+def read_wan_state_dict(path: str | os.PathLike, *, variant: str = "ema", meta: bool = False) -> dict[str, Tensor]:
+    """``read_wan_file`` with the fp8 bookkeeping turned into the engine's: ``scale_weight`` per
+    layer (ComfyUI's newer ``weight_scale`` renamed), markers checked and dropped."""
+    return _engine_keys(read_wan_file(path, variant=variant, meta=meta), Path(path))
 
 
 def inspect_wan(path: str | os.PathLike, *, variant: str = "ema", num_heads: int | None = None) -> WanConfig:
@@ -90,13 +109,9 @@ def _select_variant(raw: dict, variant: str, path: Path) -> dict:
     return raw
 
 
-def _normalise_keys(sd: dict, path: Path) -> dict[str, Tensor]:
-    prefix = _dit_prefix(sd, str(path))
+def _engine_keys(sd: dict[str, Tensor], path: Path) -> dict[str, Tensor]:
     out: dict[str, Tensor] = {}
-    for key, value in sd.items():
-        if not isinstance(value, Tensor):
-            continue
-        name = key[len(prefix):] if key.startswith(prefix) else key
+    for name, value in sd.items():
         if name in _MARKER_KEYS or name.endswith(_DROPPED_SUFFIXES):
             continue
         if name.endswith(".comfy_quant"):
@@ -104,8 +119,6 @@ def _normalise_keys(sd: dict, path: Path) -> dict[str, Tensor]:
             continue
         if name.endswith(".weight_scale"):  # ComfyUI's newer name for the same per-tensor scale
             name = name[: -len("weight_scale")] + "scale_weight"
-        if name in out:
-            raise CheckpointError(f"{path}: key {name!r} appears twice (under different prefixes); the file is malformed.")
         out[name] = value
     return out
 
@@ -224,11 +237,12 @@ def head_count(dim: int, num_heads: int | None, where: str) -> int:
 
 
 def load_wan(path: str | os.PathLike, *, variant: str = "ema", dtype: torch.dtype = torch.float32,
-             device="cpu", num_heads: int | None = None) -> CausalWanModel:
+             device="cpu", num_heads: int | None = None, fp8: torch.dtype | None = None) -> CausalWanModel:
     """Build a CausalWanModel from a checkpoint file.
 
     dtype: compute dtype, and storage dtype of every non-fp8 weight. fp8 Linear weights stay
-    fp8 (with their scale_weight). The model is built on the meta device and the file's
+    fp8 (with their scale_weight); ``fp8`` (float8_e4m3fn or float8_e5m2) stores the other
+    Linear weights in fp8 too, unscaled, as ComfyUI's fp8 weight dtype options do. The model is built on the meta device and the file's
     tensors are assigned into it, so the weights are never held twice. Key check is strict:
     a missing or unexpected key fails with the file named.
 
@@ -239,6 +253,8 @@ def load_wan(path: str | os.PathLike, *, variant: str = "ema", dtype: torch.dtyp
     """
     if dtype not in COMPUTE_DTYPES:
         raise InputError(f"dtype must be one of {COMPUTE_DTYPES} (the compute dtype), got {dtype}.")
+    if fp8 is not None and fp8 not in FP8_DTYPES:
+        raise InputError(f"fp8 must be one of {FP8_DTYPES} (or None), got {fp8}.")
     sd = read_wan_state_dict(path, variant=variant)
     cfg = infer_config(sd, source=str(path), num_heads=num_heads)
     bad = first_non_finite(sd)
@@ -254,8 +270,8 @@ def load_wan(path: str | os.PathLike, *, variant: str = "ema", dtype: torch.dtyp
     linear_weights = {f"{name}.weight" for name, m in model.named_modules() if isinstance(m, WanLinear)}
     for key in list(sd):  # one tensor at a time: the dict entry is replaced, the old one freed
         t, layer = sd[key], key.rsplit(".", 1)[0]
-        if t.dtype in FP8_DTYPES and key in linear_weights:
-            sd[key] = t.to(device)
+        if key in linear_weights and (t.dtype in FP8_DTYPES or (fp8 is not None and layer not in scales)):
+            sd[key] = t.to(device) if t.dtype in FP8_DTYPES else t.to(device=device, dtype=fp8)
             continue
         if t.is_floating_point():
             scale = scales.pop(layer, None) if key.endswith(".weight") else None
