@@ -144,3 +144,83 @@ def write_tiny_text_encoder(folder: str | os.PathLike, seed: int = 0) -> Path:
     torch.manual_seed(seed)
     UMT5EncoderModel(config).save_pretrained(folder)
     return folder
+
+
+# Tiny models that ComfyUI's own loaders accept, for the end-to-end tests in a real ComfyUI: its
+# Wan detection fixes 128-wide heads, a 4096-wide text embedding and a 256-wide frequency
+# embedding, and its VAE loader (v0.3.64) builds only the full-size Wan 2.1 VAE.
+COMFY_TEXT_DIM = 4096
+COMFY_DRAFTER = WanConfig(dim=128, ffn_dim=256, num_heads=1, num_layers=2)
+COMFY_TARGET = WanConfig(dim=256, ffn_dim=512, num_heads=2, num_layers=2)
+COMFY_LORA_LAYERS = ("blocks.0.self_attn.q", "blocks.1.ffn.0")
+
+
+def write_comfy_model_files(models_dir: str | os.PathLike, seed: int = 0) -> dict:
+    """A ComfyUI models folder of tiny files its loaders accept, in the layouts users have:
+
+    - ``diffusion_models/sdvg_comfy_drafter.pt``: a Self-Forcing dict, ``model.`` prefix;
+    - ``diffusion_models/sdvg_comfy_target.safetensors``: ComfyUI's repackaged layout
+      (``model.diffusion_model.`` prefix), for Load Target and core's Load Diffusion Model;
+    - ``vae/sdvg_wan21_vae_random.safetensors``: a full-size Wan 2.1 VAE, original layout, bf16;
+    - ``loras/sdvg_tiny_target_lora.safetensors``: a rank-4 LoRA on two target layers;
+    - ``image_reward/``: the tiny router.
+    """
+    root = Path(models_dir)
+    for sub in ("diffusion_models", "vae", "loras", "image_reward"):
+        (root / sub).mkdir(parents=True, exist_ok=True)
+    drafter = root / "diffusion_models" / "sdvg_comfy_drafter.pt"
+    weights = {f"model.{k}": v.contiguous() for k, v in tiny_wan(COMFY_DRAFTER, seed + 1).state_dict().items()}
+    torch.save({"generator_ema": weights, "generator": weights}, drafter)
+    target_model = tiny_wan(COMFY_TARGET, seed + 2)
+    target = root / "diffusion_models" / "sdvg_comfy_target.safetensors"
+    save_file({f"model.diffusion_model.{k}": v.contiguous() for k, v in target_model.state_dict().items()}, target)
+    vae = root / "vae" / "sdvg_wan21_vae_random.safetensors"
+    full = random_vae(None, seed=seed + 3).vae
+    save_file({k: v.to(torch.bfloat16).contiguous() for k, v in original_wan_vae_state_dict(full).items()}, vae)
+    lora = root / "loras" / "sdvg_tiny_target_lora.safetensors"
+    save_file(tiny_lora(target_model, seed + 5), lora)
+    router = write_image_reward_folder(root / "image_reward", seed + 4)
+    return {"drafter": drafter, "target": target, "vae": vae, "lora": lora, "router": router,
+            "text_dim": COMFY_TEXT_DIM}
+
+
+def tiny_lora(model: CausalWanModel, seed: int, rank: int = 4) -> dict[str, torch.Tensor]:
+    """A LoRA for ComfyUI's loaders (``diffusion_model.<layer>.lora_A/B.weight`` + ``alpha``), big
+    enough to change the output visibly at strength 1."""
+    generator = torch.Generator().manual_seed(seed)
+    out = {}
+    for layer in COMFY_LORA_LAYERS:
+        rows, cols = model.get_submodule(layer).weight.shape
+        out[f"diffusion_model.{layer}.lora_A.weight"] = torch.randn(rank, cols, generator=generator) / cols ** 0.5
+        out[f"diffusion_model.{layer}.lora_B.weight"] = torch.randn(rows, rank, generator=generator) / rank ** 0.5
+        out[f"diffusion_model.{layer}.alpha"] = torch.tensor(float(rank))
+    return out
+
+
+def write_wan_gguf(model: CausalWanModel, path: str | os.PathLike) -> Path:
+    """The model as a Q8_0 GGUF file for city96's ComfyUI-GGUF loader (needs the ``gguf`` package).
+
+    As its converter does: the 2-D Linear weights of the blocks in Q8_0; the other 2-D weights in
+    F16; 1-D and small tensors, the raw ``modulation`` parameters and the 5-D patch embedding in F32.
+    """
+    import gguf
+    import numpy as np
+
+    q = gguf.GGMLQuantizationType
+    writer = gguf.GGUFWriter(path=None, arch="wan")  # general.architecture = "wan": what the loader checks
+    writer.add_quantization_version(gguf.GGML_QUANT_VERSION)
+    writer.add_file_type(gguf.LlamaFileType.MOSTLY_Q8_0)
+    for name, tensor in model.state_dict().items():
+        data = tensor.float().numpy()
+        if data.ndim != 2 or data.size <= 1024 or "modulation" in name:
+            kind = q.F32
+        elif name.startswith("blocks.") and data.shape[-1] % 32 == 0:
+            kind = q.Q8_0
+        else:
+            kind = q.F16
+        writer.add_tensor(name, gguf.quants.quantize(np.ascontiguousarray(data), kind), raw_dtype=kind)
+    writer.write_header_to_file(path=str(path))
+    writer.write_kv_data_to_file()
+    writer.write_tensors_to_file()
+    writer.close()
+    return Path(path)

@@ -179,8 +179,8 @@ def infer_config(state_dict: dict[str, Tensor], *, source: str = "", num_heads: 
     """Read a WanConfig off a state dict (original Wan key names, or one of KEY_PREFIXES).
 
     Reads tensor shapes only, so meta tensors work. Head count: the weights cannot tell it (the qk RMSNorm spans the
-    full dim), so it is ``num_heads`` when given; else head_dim 128 (every real Wan model)
-    when ``dim % 128 == 0 and dim >= 1536``; else head_dim 32, the tiny-model convention of
+    full dim), so it is ``num_heads`` when given; else head_dim 128 (every real Wan model, and
+    what ComfyUI assumes) when ``dim % 128 == 0``; else head_dim 32, the tiny-model convention of
     ``WanConfig.tiny``.
     """
     where = source or "state dict"
@@ -226,7 +226,7 @@ def infer_config(state_dict: dict[str, Tensor], *, source: str = "", num_heads: 
 def head_count(dim: int, num_heads: int | None, where: str) -> int:
     if num_heads is not None:
         return num_heads
-    if dim % REAL_HEAD_DIM == 0 and dim >= 1536:
+    if dim % REAL_HEAD_DIM == 0:  # every Wan model (and ComfyUI's detection) has 128-wide heads
         return dim // REAL_HEAD_DIM
     if dim % TINY_HEAD_DIM == 0:
         return dim // TINY_HEAD_DIM
