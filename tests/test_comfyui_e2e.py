@@ -15,6 +15,10 @@ Two parts:
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
+
 import numpy as np
 import pytest
 import torch
@@ -248,6 +252,55 @@ def test_the_speculative_loop_runs_on_comfyuis_models(server):
     assert decisions[0] == "target" and set(decisions[1:]) <= {"accepted", "rejected"}
     assert all(len(b["scores"]) == 12 for b in blocks[1:]), "every draft was scored"
     assert torch.isfinite(latents).all()
+
+
+PARTIAL_LOAD = r"""
+import importlib.util, sys
+sys.argv = ["main.py", "--cpu"]
+sys.path.insert(0, {comfyui!r})
+import comfy.options
+comfy.options.enable_args_parsing()
+import comfy.sd, comfy.utils, torch
+spec = importlib.util.spec_from_file_location("sdvg_pack", {init!r}, submodule_search_locations=[{root!r}])
+pack = importlib.util.module_from_spec(spec)
+sys.modules["sdvg_pack"] = pack
+spec.loader.exec_module(pack)  # as ComfyUI imports a custom node folder
+from sdvg_pack.nodes.models import wan_network
+from sdvg_core.tiny import COMFY_TEXT_DIM, tiny_text
+
+model = comfy.sd.load_diffusion_model({target!r})
+model = comfy.sd.load_lora_for_models(model, None, comfy.utils.load_torch_file({lora!r}), 1.0, 0)[0]
+x = torch.randn(1, 3, 16, 6, 8, generator=torch.Generator().manual_seed(0))
+t, text = torch.full((1, 3), 625.0), tiny_text("a fox", COMFY_TEXT_DIM)
+
+def forward():
+    net = wan_network(model, "target")
+    return net(x, t, net.encode_text(text))
+
+model.patch_model(device_to=torch.device("cpu"))  # fully loaded: the LoRA merged into the weights
+full = forward()
+model.unpatch_model()
+model.patch_model(device_to=torch.device("cpu"), lowvram_model_memory=1)  # nothing fits: every layer streams
+streamed = [m for m in model.model.diffusion_model.modules() if getattr(m, "comfy_cast_weights", False)]
+partial = forward()
+print(len(streamed), float((partial - full).norm() / full.norm()))
+"""
+
+
+def test_partial_loading_streams_every_layer_and_gives_the_same_output(server, tmp_path):
+    """ComfyUI's lowvram mode, driven directly (a CPU has no VRAM to run short of): with a weight
+    budget of one byte every layer keeps its weights offloaded and casts them, LoRA patch included,
+    in its own call; the engine's forward gives the fully loaded model's output."""
+    script = tmp_path / "partial_load.py"
+    script.write_text(PARTIAL_LOAD.format(comfyui=comfyui.COMFYUI, root=str(support.ROOT),
+                                          init=str(support.ROOT / "__init__.py"),
+                                          target=str(server.files["target"]), lora=str(server.files["lora"])))
+    python = os.environ.get("SDVG_COMFYUI_PYTHON", sys.executable)
+    done = subprocess.run([python, str(script)], cwd=comfyui.COMFYUI, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    streamed, error = done.stdout.split()[-2:]
+    print(f"\npartial loading: {streamed} layers streamed, relative error vs fully loaded {float(error):.2e}")
+    assert int(streamed) > 10 and float(error) < 1e-6
 
 
 @pytest.mark.skipif(not comfyui.GGUF_PACK, reason="set SDVG_COMFYUI_GGUF_DIR to city96's ComfyUI-GGUF to run it")
