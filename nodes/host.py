@@ -150,7 +150,6 @@ def load_wan_model(path: str, *, variant: str, weight_dtype: str, role: str) -> 
     (so its weight dtypes, model management, LoRA patching and partial loading apply); outside
     it, the engine's CausalWanModel. The file is read by the engine's reader, which knows the
     Self-Forcing dict and the key prefixes in the wild; its weights are checked for NaN/Inf."""
-    from sdvg_core.finite import first_non_finite
     from sdvg_core.wan import load_wan, read_wan_file
 
     if weight_dtype not in WEIGHT_DTYPES:
@@ -160,11 +159,8 @@ def load_wan_model(path: str, *, variant: str, weight_dtype: str, role: str) -> 
         device = compute_device()
         return load_wan(path, variant=variant, dtype=auto_dtype(device), device=device, fp8=options.get("dtype"))
     state_dict = read_wan_file(path, variant=variant)
-    bad = first_non_finite(state_dict)
-    if bad is not None:
-        raise CheckpointError(f"{path}: tensor {bad!r} holds NaN or Inf, so every output would be NaN. The file "
-                              "is corrupt: download it again.")
-    model = comfy_sd.load_diffusion_model_state_dict(state_dict, model_options=dict(options))
+    state_dict.check_finite(path)
+    model = comfy_sd.load_diffusion_model_state_dict(dict(state_dict), model_options=dict(options))
     if model is None:
         raise CheckpointError(f"{path}: ComfyUI recognises no diffusion model in it; the {role} must be a "
                               "Wan 2.1 T2V file.")

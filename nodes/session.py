@@ -59,13 +59,6 @@ def start_session(*, drafter, target, vae, router, positive, prompt: str, config
     networks = {role: wan_network(inputs[role], role) for role in ("drafter", "target") if role in needed}
     if len(networks) == 2:
         check_compatible(networks["drafter"], networks["target"])
-        size = {role: n.cfg.dim ** 2 * n.cfg.num_layers for role, n in networks.items()}
-        if size["drafter"] > size["target"]:
-            raise InputError(
-                f"drafter: the drafter ({networks['drafter'].cfg.dim} wide, {networks['drafter'].cfg.num_layers} "
-                f"blocks) is larger than the target ({networks['target'].cfg.dim} wide, "
-                f"{networks['target'].cfg.num_layers} blocks): the two MODEL inputs are swapped. The small "
-                "model (Self-Forcing 1.3B) drafts, the large one (Krea 14B) is the target.")
     if "router" in needed and not isinstance(router, RouterModel):
         raise InputError(f"router: expected the output of Load ImageReward Router, got {type(router).__name__}.")
     stream = vae_stream(vae)

@@ -23,11 +23,15 @@ from .video import write_video
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", default="out/demo", help="output folder")
-    parser.add_argument("--width", type=int, default=128)
-    parser.add_argument("--height", type=int, default=80)
-    parser.add_argument("--prompt", default="a red fox running through fresh snow, golden hour")
+    parser.add_argument("--width", type=int, default=128, help="pixels, a multiple of 16")
+    parser.add_argument("--height", type=int, default=80, help="pixels, a multiple of 16")
+    parser.add_argument("--prompt", default="a red fox running through fresh snow, golden hour",
+                        help="the prompt (the tiny models' text embedding is a hash of it)")
     add_session_arguments(parser)
     parser.set_defaults(tau=None)
+    for action in parser._actions:
+        if action.dest == "tau":
+            action.help += " (default: the 30th percentile of a first pass's scores)"
 
 
 def calibrated_tau(system, config, quantile: float = 0.3) -> float:

@@ -24,7 +24,7 @@ def check_finite(value: Tensor, component: str, block: int, *, dtype: torch.dtyp
     bad = value.detach().float()
     kinds = [name for name, hit in (("NaN", torch.isnan(bad).any()), ("Inf", torch.isinf(bad).any())) if hit]
     raise NumericalError(
-        f"{COMPONENTS.get(component, component)} produced {'/'.join(kinds)} in block {block} ({what}"
+        f"{COMPONENTS.get(component, component)} produced {'/'.join(kinds)}{'' if block < 0 else f' in block {block}'} ({what}"
         f"{f', computing in {_dtype_name(dtype)}' if dtype is not None else ''}). Nothing was saved for this "
         f"video. Likely causes: {likely_causes(component, dtype, source)}")
 

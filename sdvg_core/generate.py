@@ -1,24 +1,25 @@
-"""Generate videos with real weights: one JSON line and one video per prompt.
+"""Generate videos with real weights: one video and one JSON line per prompt.
 
-Every path is checked before anything heavy is loaded, so a typo costs seconds, not a
-14B load. The JSON lines carry per-block scores, which ``python -m sdvg_core tune`` reads
-to pick tau offline.
+Before anything heavy is loaded, every input is checked: the paths, that --out can be written,
+and every model file from its tensor headers (format, model family, sizes, that drafter and
+target pair up, the router's three files): seconds, not a 14B load. Results are written whole
+or not at all, and a rerun into the same --out skips what is done (``sdvg_core/results.py``).
+The JSON lines carry per-block scores, which ``python -m sdvg_core tune`` reads to pick tau.
 """
 
 from __future__ import annotations
 
 import argparse
-import json
-import re
+import sys
 import time
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import torch
 
-from .errors import InputError, MissingFileError
 from .config import AGGREGATIONS, MODES, SKIP_POLICIES, SDVGConfig
-from .speculative import SDVGSession
-from .video import write_video
+from .errors import InputError, MissingFileError, SDVGError
+from .results import ResultsFolder, read_prompt_file
 
 DTYPES = {"bfloat16": torch.bfloat16, "float16": torch.float16, "float32": torch.float32}
 
@@ -26,20 +27,23 @@ DTYPES = {"bfloat16": torch.bfloat16, "float16": torch.float16, "float32": torch
 def add_session_arguments(parser: argparse.ArgumentParser) -> None:
     """The SDVGConfig knobs, shared by `generate` and `demo`."""
     defaults = SDVGConfig()
-    parser.add_argument("--mode", choices=MODES, default=defaults.mode)
+    parser.add_argument("--mode", choices=MODES, default=defaults.mode,
+                        help="sdvg, or a baseline that runs only its own model")
     parser.add_argument("--tau", type=float, default=defaults.tau,
-                        help="accept a draft when its worst frame's ImageReward >= tau")
-    parser.add_argument("--aggregation", choices=AGGREGATIONS, default=defaults.aggregation)
-    parser.add_argument("--blocks", type=int, default=defaults.num_blocks, help="blocks of 3 latent frames")
-    parser.add_argument("--seed", type=int, default=defaults.seed)
+                        help="accept a draft when its worst frame's ImageReward score >= tau")
+    parser.add_argument("--aggregation", choices=AGGREGATIONS, default=defaults.aggregation,
+                        help="how a block's frame scores become one: min (the paper), mean, or a low quantile")
+    parser.add_argument("--blocks", type=int, default=defaults.num_blocks,
+                        help="blocks of 3 latent frames; block 0 gives 9 pixel frames, later blocks 12")
+    parser.add_argument("--seed", type=int, default=defaults.seed, help="seed of all the video's noise")
     parser.add_argument("--hybrid-k", type=int, default=defaults.hybrid_k,
                         help="a rejected block resumes the target from the draft at step k (0 = off)")
-    parser.add_argument("--cascade", action="store_true", help="score a frame subset first")
+    parser.add_argument("--cascade", action="store_true", help="score 4 frames first, all 12 only when undecided")
     parser.add_argument("--skip", choices=SKIP_POLICIES, default=defaults.skip,
                         help="verification skipping policy")
     parser.add_argument("--fast-preprocess", action="store_true",
-                        help="router preprocessing on the GPU instead of ImageReward's PIL path "
-                             "(>99.9%% of pixel values identical, the rest one 8-bit level off)")
+                        help="router preprocessing on the frames' device instead of ImageReward's PIL path "
+                             "on the CPU (>99.9%% of pixel values identical, the rest one 8-bit level off)")
     parser.add_argument("--keep-first-frames", action="store_true",
                         help="keep block 0's first 3 pixel frames (dropped by default, as the reference does)")
 
@@ -54,53 +58,71 @@ def session_config(args, **overrides) -> SDVGConfig:
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--drafter", required=True, help="self_forcing_dmd.pt (or any Wan 1.3B causal checkpoint)")
-    parser.add_argument("--drafter-variant", default="ema", choices=("ema", "plain"))
-    parser.add_argument("--target", required=True, help="krea-realtime-video-14b.safetensors")
+    parser.add_argument("--drafter", required=True, help="self_forcing_dmd.pt (or any Wan 2.1 1.3B T2V checkpoint)")
+    parser.add_argument("--drafter-variant", default="ema", choices=("ema", "plain"),
+                        help="generator_ema or generator weights of a Self-Forcing file")
+    parser.add_argument("--target", required=True, help="krea-realtime-video-14b.safetensors (or an fp8 copy)")
     parser.add_argument("--vae", required=True, help="wan_2.1_vae.safetensors or Wan2.1_VAE.pth")
     parser.add_argument("--router", required=True,
                         help="folder with ImageReward.pt, med_config.json and bert-base-uncased/")
     parser.add_argument("--text-encoder", required=True,
                         help="folder of a transformers umt5-xxl encoder (config.json + weights)")
     parser.add_argument("--tokenizer", default=None,
-                        help="folder of the google/umt5-xxl tokenizer (default: --text-encoder)")
+                        help="folder of the google/umt5-xxl tokenizer (default: the --text-encoder folder)")
     prompts = parser.add_mutually_exclusive_group(required=True)
     prompts.add_argument("--prompt", help="one prompt")
     prompts.add_argument("--prompts", help="a text file, one prompt per line")
-    parser.add_argument("--start", type=int, default=0, help="first line of --prompts to use")
-    parser.add_argument("--limit", type=int, default=None, help="at most this many prompts")
-    parser.add_argument("--width", type=int, default=832)
-    parser.add_argument("--height", type=int, default=480)
-    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--start", type=int, default=0, help="first prompt of --prompts to use (0-based)")
+    parser.add_argument("--limit", type=int, default=None, help="at most this many prompts (default: all)")
+    parser.add_argument("--width", type=int, default=832, help="pixels, a multiple of 16")
+    parser.add_argument("--height", type=int, default=480, help="pixels, a multiple of 16")
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu",
+                        help="torch device for every model")
     parser.add_argument("--dtype", choices=DTYPES, default=None,
-                        help="compute dtype (default: bfloat16 on GPU, float32 on CPU)")
-    parser.add_argument("--out", default="out/generate", help="output folder")
+                        help="compute dtype (default: bfloat16 on a GPU, float32 on the CPU)")
+    parser.add_argument("--out", default="out/generate", help="output folder (a rerun resumes it)")
+    parser.add_argument("--redo", action="store_true", help="regenerate prompts already done in --out")
     add_session_arguments(parser)
 
 
-def read_prompts(args) -> list[str]:
+@dataclass
+class Batch:
+    """What a run will do, known before any model loads."""
+
+    prompts: dict[int, str]        # index -> prompt, the selected ones
+    todo: list[int]                # indices still to generate
+    config: SDVGConfig
+    device: torch.device
+    dtype: torch.dtype
+    out: ResultsFolder
+
+
+def select_prompts(args) -> dict[int, str]:
+    if args.start < 0:
+        raise InputError(f"--start {args.start}: must be 0 or more (the first prompt is 0).")
+    if args.limit is not None and args.limit < 1:
+        raise InputError(f"--limit {args.limit}: must be at least 1 (leave it out for every prompt).")
     if args.prompt is not None:
+        if args.start:
+            raise InputError("--start applies to --prompts, not to a single --prompt.")
         prompts = [args.prompt]
     else:
-        path = Path(args.prompts)
-        if not path.is_file():
-            raise MissingFileError(f"--prompts {path}: no such file (one prompt per line).")
-        prompts = [line.strip() for line in path.read_text(encoding="utf-8").splitlines()]
-        prompts = [p for p in prompts if p][args.start:]
-    if args.limit is not None:
-        prompts = prompts[:args.limit]
-    if not prompts or any(not p.strip() for p in prompts):
-        raise InputError("no prompt to generate: give --prompt TEXT or a non-empty --prompts file.")
-    return prompts
+        prompts = read_prompt_file(args.prompts)
+    indexed = dict(list(enumerate(prompts))[args.start:][:args.limit])
+    if not indexed or any(not p.strip() for p in indexed.values()):
+        raise InputError("no prompt to generate: give --prompt TEXT or a --prompts file with lines after --start.")
+    return indexed
 
 
 def check_paths(args) -> None:
-    """Name every missing input at once, before loading anything."""
+    """Name every missing input at once."""
     wanted = [("--drafter", args.drafter, "file"), ("--target", args.target, "file"),
               ("--vae", args.vae, "file"), ("--router", args.router, "folder"),
               ("--text-encoder", args.text_encoder, "folder")]
     if args.tokenizer:
         wanted.append(("--tokenizer", args.tokenizer, "folder"))
+    if args.prompts:
+        wanted.append(("--prompts", args.prompts, "file"))
     missing = [f"{flag} {path} (expected a {kind})" for flag, path, kind in wanted
                if not (Path(path).is_file() if kind == "file" else Path(path).is_dir())]
     if missing:
@@ -108,51 +130,109 @@ def check_paths(args) -> None:
                                ". See the README's 'Model files' section for what goes where.")
 
 
-def slug(text: str, n: int = 40) -> str:
-    return re.sub(r"[^a-zA-Z0-9]+", "_", text).strip("_")[:n] or "prompt"
-
-
-def main(args) -> int:
-    from .router import ImageRewardScorer
+def preflight(args) -> Batch:
+    """Everything that can be checked without loading a model: seconds, whatever the model sizes."""
+    from .router import inspect_folder
     from .text import UMT5TextEncoder
-    from .vae import StreamingVAE
-    from .wan import load_wan
+    from .vae import inspect_vae
+    from .wan import check_compatible, inspect_wan
 
     check_paths(args)
-    prompts = read_prompts(args)
+    prompts = select_prompts(args)
     config = session_config(args, width=args.width, height=args.height)
     device = torch.device(args.device)
     dtype = DTYPES[args.dtype] if args.dtype else (torch.bfloat16 if device.type == "cuda" else torch.float32)
+    configs = {}
+    if "drafter" in config.models:
+        configs["drafter"] = inspect_wan(args.drafter, variant=args.drafter_variant)
+    if "target" in config.models:
+        configs["target"] = inspect_wan(args.target)
+    if len(configs) == 2:
+        check_compatible(configs["drafter"], configs["target"])
+    inspect_vae(args.vae)
+    if "router" in config.models:
+        inspect_folder(args.router)
+    width = UMT5TextEncoder.inspect_folder(args.text_encoder, args.tokenizer)
+    text_dim = next(iter(configs.values())).text_dim
+    if width != text_dim:
+        raise InputError(f"--text-encoder {args.text_encoder} embeds {width}-wide, the DiTs read {text_dim}-wide "
+                         "text: use the umT5-XXL encoder the models were trained with.")
+    settings = {"config": {k: v for k, v in asdict(config).items() if k != "accept_pattern"},
+                "drafter": Path(args.drafter).name, "target": Path(args.target).name, "vae": Path(args.vae).name,
+                "dtype": str(dtype).replace("torch.", "")}
+    out = ResultsFolder(args.out, settings, redo=args.redo)
+    out.check_writable()
+    return Batch(prompts, out.pending(list(prompts)), config, device, dtype, out)
 
-    encoder = UMT5TextEncoder.from_folder(args.text_encoder, args.tokenizer, device=device, dtype=dtype)
-    texts = [encoder.encode(p).cpu() for p in prompts]  # encode all, then free the encoder
-    del encoder
-    models = config.models  # a baseline loads only its own model
-    drafter = load_wan(args.drafter, variant=args.drafter_variant, dtype=dtype, device=device) \
-        if "drafter" in models else None
-    target = load_wan(args.target, dtype=dtype, device=device) if "target" in models else None
-    vae = StreamingVAE.from_single_file(args.vae, dtype=dtype, device=device)
-    scorer = ImageRewardScorer.from_folder(args.router, device=device, dtype=torch.float32) \
-        if "router" in models else None
 
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    log_path = out / "results.jsonl"
-    with log_path.open("a", encoding="utf-8") as log:
-        for i, (prompt, text) in enumerate(zip(prompts, texts)):
-            session = SDVGSession(drafter=drafter, target=target, vae=vae, scorer=scorer,
-                                  text=text, prompt=prompt, config=config)
-            start = time.perf_counter()
-            result = session.run()
-            seconds = time.perf_counter() - start
-            session.release()
-            video = write_video(result.frames, out / f"{args.start + i:04d}_{slug(prompt)}.mp4")
-            record = {"prompt": prompt, "seed": config.seed, "tau": config.tau, "mode": config.mode,
-                      "video": str(video), "seconds": seconds, **result.stats_dict()}
-            log.write(json.dumps(record) + "\n")
-            log.flush()
-            s = result.summary
+def load_models(args, batch: Batch) -> dict:
+    from .router import ImageRewardScorer
+    from .vae import StreamingVAE
+    from .wan import load_wan
+
+    used, device, dtype = batch.config.models, batch.device, batch.dtype  # a baseline loads only its own model
+    return {
+        "drafter": load_wan(args.drafter, variant=args.drafter_variant, dtype=dtype, device=device)
+        if "drafter" in used else None,
+        "target": load_wan(args.target, dtype=dtype, device=device) if "target" in used else None,
+        "vae": StreamingVAE.from_single_file(args.vae, dtype=dtype, device=device),
+        "scorer": ImageRewardScorer.from_folder(args.router, device=device) if "router" in used else None,
+    }
+
+
+def encode_prompts(args, batch: Batch) -> dict[int, torch.Tensor]:
+    from .text import UMT5TextEncoder
+
+    encoder = UMT5TextEncoder.from_folder(args.text_encoder, args.tokenizer, device=batch.device, dtype=batch.dtype)
+    texts = {i: encoder.encode(batch.prompts[i]).cpu() for i in batch.todo}
+    del encoder  # free it before the DiTs load
+    return texts
+
+
+def generate_one(models: dict, text: torch.Tensor, prompt: str, config: SDVGConfig):
+    """One video: (frames, the JSON record's fields)."""
+    from .speculative import SDVGSession
+
+    session = SDVGSession(**models, text=text, prompt=prompt, config=config)
+    start = time.perf_counter()
+    try:
+        result = session.run()
+    finally:
+        session.release()
+    record = {"seed": config.seed, "tau": config.tau, "mode": config.mode,
+              "seconds": time.perf_counter() - start, **result.stats_dict()}
+    return result.frames, record
+
+
+def main(args) -> int:
+    batch = preflight(args)
+    total, skipped = len(batch.prompts), len(batch.prompts) - len(batch.todo)
+    if skipped:
+        print(f"{skipped} of {total} prompts already done in {batch.out.path}; generating {len(batch.todo)}.")
+    if not batch.todo:
+        print(f"nothing to do: every prompt is in {batch.out.log} (--redo regenerates them).")
+        return 0
+    written = failed = 0
+    try:
+        texts = encode_prompts(args, batch)
+        models = load_models(args, batch)
+        for n, index in enumerate(batch.todo, 1):
+            prompt = batch.prompts[index]
+            try:
+                frames, record = generate_one(models, texts[index], prompt, batch.config)
+            except SDVGError as error:  # this prompt has no video and no line; the batch goes on
+                failed += 1
+                batch.out.fail(index, prompt, error)
+                print(f"[{n}/{len(batch.todo)}] prompt {index} failed: {error}", file=sys.stderr)
+                continue
+            video = batch.out.write(index, prompt, frames, record)
+            written += 1
+            s = record["summary"]
             rate = "-" if s["accept_rate"] is None else f"{s['accept_rate']:.0%}"
-            print(f"[{i + 1}/{len(prompts)}] {seconds:.1f}s accepted {rate}  {video}")
-    print(f"log: {log_path}")
-    return 0
+            print(f"[{n}/{len(batch.todo)}] {record['seconds']:.1f}s accepted {rate}  {video}")
+    except KeyboardInterrupt:
+        print(f"interrupted: {written} video(s) written to {batch.out.path}; rerun the same command to resume.",
+              file=sys.stderr)
+        return 130
+    print(f"log: {batch.out.log} ({written} written, {skipped} already done, {failed} failed)")
+    return 1 if failed else 0

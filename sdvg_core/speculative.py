@@ -17,7 +17,6 @@ import torch
 from .committed import CommittedVideo
 from .config import SDVGConfig
 from .errors import InputError, SDVGError
-from .finite import check_finite
 from .runner import BlockRunner
 from .schedule import FRAMES_PER_BLOCK, BlockSample, NoisePlan
 from .stats import BlockStats, Meter, summarize
@@ -194,9 +193,9 @@ class SDVGSession:
     def _decode(self, latents: torch.Tensor, made_by: str, b: int, meter: Meter) -> torch.Tensor:
         self.check_interrupt()
         with meter.time("vae_decode", self.vae.device), torch.no_grad():
-            pixels = self.vae.decode(latents.to(self.vae.device, self.vae.dtype)).float()
+            pixels = self.vae.decode(latents.to(self.vae.device, self.vae.dtype), block=b,
+                                     made_by=f"the {made_by}'s").float()
         meter.count("vae_decode")
-        check_finite(pixels, "vae", b, dtype=self.vae.dtype, what=f"frames decoded from the {made_by}'s latents")
         return pixels
 
     def _record(self, b: int, verdict: Verdict, meter: Meter, started: float, frames: int) -> BlockStats:

@@ -22,6 +22,8 @@ to 512, while Wan truncates before encoding; the first 512 rows then differ slig
 from __future__ import annotations
 
 import html
+import json
+import logging
 import os
 import re
 from typing import Any, Sequence
@@ -36,6 +38,8 @@ TEXT_LEN = 512
 PAD_ID = 0  # umT5's <pad>, also what ComfyUI pads with
 WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin", "pytorch_model.bin.index.json")
 TOKENIZER_FILES = ("tokenizer.json", "spiece.model")
+
+log = logging.getLogger("sdvg")
 
 
 def pad_text(conditioning: Any, *, text_len: int = TEXT_LEN, dim: int | None = None) -> Tensor:
@@ -63,6 +67,9 @@ def pad_text(conditioning: Any, *, text_len: int = TEXT_LEN, dim: int | None = N
     if mask is not None:
         tensor = _apply_mask(tensor, mask)
     length = tensor.shape[1]
+    if length > text_len and bool(tensor[:, text_len:].abs().amax() > 0):
+        log.warning("the prompt's embedding has %d tokens; Wan reads %d, the rest does not condition the video.",
+                    length, text_len)
     if length >= text_len:
         tensor = tensor[:, :text_len]
     else:
@@ -149,19 +156,11 @@ class UMT5TextEncoder:
         format) and the umT5 tokenizer (tokenizer.json or spiece.model) from `tokenizer_dir`,
         by default the same folder. Nothing is downloaded."""
         from transformers import UMT5EncoderModel
+        from transformers.utils import logging as transformers_logging
 
+        transformers_logging.disable_progress_bar()  # the CLI prints its own progress
         tokenizer_dir = tokenizer_dir or model_dir
-        _require_folder(model_dir, "the umT5 model folder")
-        if not os.path.isfile(os.path.join(model_dir, "config.json")):
-            raise MissingFileError(
-                f"umT5 encoder: {os.path.join(model_dir, 'config.json')} is missing. Use a transformers-format "
-                f"umT5 folder (config.json plus model.safetensors), e.g. a local copy of google/umt5-xxl."
-            )
-        if not any(os.path.isfile(os.path.join(model_dir, f)) for f in WEIGHT_FILES):
-            raise MissingFileError(
-                f"umT5 encoder: {model_dir} holds no weights ({' / '.join(WEIGHT_FILES)}). Put the "
-                f"transformers-format umT5 weights next to its config.json."
-            )
+        cls.inspect_folder(model_dir, tokenizer_dir)
         tokenizer = _load_tokenizer(tokenizer_dir)
         model = UMT5EncoderModel.from_pretrained(model_dir, local_files_only=True, dtype=dtype).to(device)
         if not model.config.vocab_size // 2 <= tokenizer.vocab_size <= model.config.vocab_size:
@@ -171,6 +170,32 @@ class UMT5TextEncoder:
                 f"files (tokenizer.json or spiece.model) that ship with the model."
             )
         return cls(model, tokenizer)
+
+    @staticmethod
+    def inspect_folder(model_dir: str, tokenizer_dir: str | None = None) -> int:
+        """Check the folders hold a transformers-format umT5 encoder and its tokenizer, without
+        loading the weights; returns the encoder's width (4096 for umT5-XXL)."""
+        tokenizer_dir = tokenizer_dir or model_dir
+        _require_folder(model_dir, "the umT5 model folder")
+        config = os.path.join(model_dir, "config.json")
+        if not os.path.isfile(config):
+            raise MissingFileError(
+                f"umT5 encoder: {config} is missing. Use a transformers-format umT5 folder (config.json "
+                "plus model.safetensors), e.g. a local copy of google/umt5-xxl.")
+        if not any(os.path.isfile(os.path.join(model_dir, f)) for f in WEIGHT_FILES):
+            raise MissingFileError(
+                f"umT5 encoder: {model_dir} holds no weights ({' / '.join(WEIGHT_FILES)}). Put the "
+                "transformers-format umT5 weights next to its config.json.")
+        _require_folder(tokenizer_dir, "the umT5 tokenizer folder")
+        if not any(os.path.isfile(os.path.join(tokenizer_dir, f)) for f in TOKENIZER_FILES):
+            raise MissingFileError(
+                f"umT5 tokenizer: {tokenizer_dir} has neither {TOKENIZER_FILES[0]} nor {TOKENIZER_FILES[1]}. Copy "
+                "them from google/umt5-xxl (the Wan2.1 release ships them under google/umt5-xxl/).")
+        try:
+            with open(config, encoding="utf-8") as handle:
+                return int(json.load(handle)["d_model"])
+        except (OSError, ValueError, KeyError, TypeError) as error:
+            raise SDVGError(f"umT5 encoder: {config} is not a umT5 config ({error}); use google/umt5-xxl's.") from None
 
     @property
     def device(self) -> torch.device:
@@ -185,7 +210,11 @@ class UMT5TextEncoder:
         ids = torch.full((len(prompts), self.text_len), PAD_ID, dtype=torch.long)
         mask = torch.zeros((len(prompts), self.text_len), dtype=torch.long)
         for row, prompt in enumerate(prompts):
-            tokens = self.tokenizer.ids(clean_prompt(prompt))[: self.text_len - 1] + [self.tokenizer.eos_id]
+            tokens = self.tokenizer.ids(clean_prompt(prompt))
+            if len(tokens) >= self.text_len:
+                log.warning("umT5 reads the first %d of this prompt's %d tokens; the rest does not condition the "
+                            "video: %.60s...", self.text_len - 1, len(tokens), prompt)
+            tokens = tokens[: self.text_len - 1] + [self.tokenizer.eos_id]
             ids[row, : len(tokens)] = torch.tensor(tokens)
             mask[row, : len(tokens)] = 1
         return ids, mask

@@ -30,7 +30,7 @@ from diffusers.models.autoencoders.autoencoder_kl_wan import WanCausalConv3d
 
 from .errors import CheckpointError, IncompatibleModelsError, InputError, MissingFileError, NumericalError
 from .files import read_tensors
-from .finite import first_non_finite
+from .finite import check_finite, first_non_finite
 
 # Per-channel statistics of the Wan 2.1 latent space (Wan's `WanVAE.mean` / `.std`; the same
 # 16 values are diffusers' AutoencoderKLWan defaults). The DiT works on (z - mean) / std.
@@ -107,12 +107,16 @@ class DecodeStream:
             raise InputError(f"num_latent_frames must be at least 1, got {num_latent_frames}.")
         return 1 + TIME_STRIDE * (num_latent_frames - 1) if first else TIME_STRIDE * num_latent_frames
 
+    source: str | None = None  # the file the weights came from, named in errors
+
     @torch.no_grad()
-    def decode(self, latents: torch.Tensor) -> torch.Tensor:
+    def decode(self, latents: torch.Tensor, *, block: int | None = None, made_by: str = "the given") -> torch.Tensor:
         """Decode the next latent frames of the current video.
 
         latents: NORMALISED [B, F, 16, h, w] (the DiT's space). Returns pixels [B, T, 3, 8h, 8w]
         in [-1, 1], in the VAE's dtype, with T = frames_for(F, first=<this starts the video>).
+        NaN or Inf in the decoder's output (before the clamp, which would hide an Inf) is an error
+        naming the VAE and ``block``; ``made_by`` names whose latents they were.
         """
         _check_latents(latents)
         z = latents.permute(0, 2, 1, 3, 4).to(device=self.device, dtype=torch.float32)
@@ -120,6 +124,8 @@ class DecodeStream:
         x = self._features(z.to(self.dtype))  # a 1x1x1 conv: per frame, so per block is exact
         cache = list(self._state.feat_cache)
         pixels = self._decode_chunks(x, cache, self._state.started)
+        check_finite(pixels, "vae", -1 if block is None else block, dtype=self.dtype, source=self.source,
+                     what=f"frames decoded from {made_by} latents")
         self._state = _StreamState(feat_cache=tuple(cache), started=True)
         pixels = torch.clamp(pixels, min=-1.0, max=1.0)  # as diffusers' and ComfyUI's decodes do
         return pixels.permute(0, 2, 1, 3, 4)
@@ -170,7 +176,9 @@ class StreamingVAE(DecodeStream):
         """Load a Wan 2.1 VAE file: ComfyUI's wan_2.1_vae.safetensors, Wan2.1_VAE.pth, or a diffusers-layout file."""
         path = os.fspath(path)
         state_dict = _read_state_dict(path)
-        return cls.from_state_dict(state_dict, dtype=dtype, device=device, source=path)
+        stream = cls.from_state_dict(state_dict, dtype=dtype, device=device, source=path)
+        stream.source = path
+        return stream
 
     @classmethod
     def from_state_dict(cls, state_dict: dict, *, dtype=torch.float32, device="cpu", source="state dict") -> "StreamingVAE":
@@ -375,6 +383,26 @@ def _diffusers_layout(state_dict: dict, source: str) -> dict:
 
 def _build_wan21_vae(state_dict: dict, source: str, *, dtype, device) -> AutoencoderKLWan:
     """An AutoencoderKLWan with the Wan 2.1 config (built here, no hub) holding `state_dict`."""
+    vae = _checked_model(state_dict, source)
+    # Cast the tensors, not the model: ModelMixin.to(dtype) warns on every call.
+    state_dict = {k: v.to(device=device, dtype=dtype) for k, v in state_dict.items()}
+    vae.load_state_dict(state_dict, strict=True, assign=True)
+    return vae.eval()
+
+
+def inspect_vae(path) -> int:
+    """Check a Wan 2.1 VAE file from its tensor headers without loading its weights; its base width."""
+    path = os.fspath(path)
+    if not os.path.isfile(path):
+        raise MissingFileError(f"VAE file not found: {path}. {_WHERE}")
+    state_dict = read_tensors(path, "VAE file", meta=True)
+    if isinstance(state_dict, dict) and isinstance(state_dict.get("state_dict"), dict):
+        state_dict = state_dict["state_dict"]
+    return _checked_model(_diffusers_layout(state_dict, path), path).config.base_dim
+
+
+def _checked_model(state_dict: dict, source: str) -> AutoencoderKLWan:
+    """The meta-device Wan 2.1 VAE ``state_dict`` fits, or a CheckpointError naming what does not."""
     try:
         base_dim = state_dict["encoder.conv_in.weight"].shape[0]
         decoder_base_dim = state_dict["decoder.conv_out.weight"].shape[1]
@@ -401,7 +429,4 @@ def _build_wan21_vae(state_dict: dict, source: str, *, dtype, device) -> Autoenc
             f"{source} does not match the Wan 2.1 VAE: {'; '.join(problems)} tensors (names in diffusers' layout). "
             f"The file is incomplete or a different VAE. {_WHERE}"
         )
-    # Cast the tensors, not the model: ModelMixin.to(dtype) warns on every call.
-    state_dict = {k: v.to(device=device, dtype=dtype) for k, v in state_dict.items()}
-    vae.load_state_dict(state_dict, strict=True, assign=True)
-    return vae.eval()
+    return vae

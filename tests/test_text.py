@@ -162,10 +162,12 @@ def test_tokenizer_json_and_spiece_model_agree(umt5_folders):
     assert torch.equal(from_spm.encode(PROMPTS), from_json.encode(PROMPTS))
 
 
-def test_long_prompt_is_truncated_keeping_the_end_token(umt5_folders):
+def test_long_prompt_is_truncated_keeping_the_end_token(umt5_folders, caplog):
     model_dir, spm_dir, _ = umt5_folders
     encoder = UMT5TextEncoder.from_folder(model_dir, spm_dir)
-    ids, mask = encoder.tokenize(" ".join(SENTENCES * 30))
+    with caplog.at_level("WARNING", logger="sdvg"):
+        ids, mask = encoder.tokenize(" ".join(SENTENCES * 30))
+    assert len([r for r in caplog.records if "umT5 reads the first 511" in r.getMessage()]) == 1
     assert ids.shape == (1, TEXT_LEN) and bool(mask.all())
     assert ids[0, -1].item() == 1  # </s>
     ids, mask = encoder.tokenize("a cat")

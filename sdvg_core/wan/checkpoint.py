@@ -47,7 +47,22 @@ _DROPPED_SUFFIXES = (".scale_input", ".input_scale")
 # ----------------------------------------------------------------------------- reading
 
 
-def read_wan_file(path: str | os.PathLike, *, variant: str = "ema", meta: bool = False) -> dict[str, Tensor]:
+class WanTensors(dict):
+    """A Wan file's tensors under original names; ``prefix`` is what the file put before them."""
+
+    def __init__(self, *args, prefix: str = "", **kwargs):
+        super().__init__(*args, **kwargs)
+        self.prefix = prefix
+
+    def check_finite(self, path) -> None:
+        bad = first_non_finite(self)
+        if bad is not None:
+            raise CheckpointError(
+                f"{path}: tensor {self.prefix + bad!r} holds NaN or Inf, so every output would be NaN. The file is "
+                "corrupt (or was saved from a diverged training run): download it again.")
+
+
+def read_wan_file(path: str | os.PathLike, *, variant: str = "ema", meta: bool = False) -> WanTensors:
     """A Wan DiT file's tensors with original Wan key names, as the file has them otherwise.
 
     The Self-Forcing variant is picked and the key prefix stripped; everything else is kept,
@@ -70,7 +85,7 @@ def read_wan_file(path: str | os.PathLike, *, variant: str = "ema", meta: bool =
         raise CheckpointError(f"{path}: holds a {type(raw).__name__}, not a state dict of tensors.")
     sd = _select_variant(raw, variant, path)
     prefix = _dit_prefix(sd, str(path))
-    out: dict[str, Tensor] = {}
+    out = WanTensors(prefix=prefix)
     for key, value in sd.items():
         if not isinstance(value, Tensor):
             continue
@@ -81,10 +96,11 @@ def read_wan_file(path: str | os.PathLike, *, variant: str = "ema", meta: bool =
     return out
 
 
-def read_wan_state_dict(path: str | os.PathLike, *, variant: str = "ema", meta: bool = False) -> dict[str, Tensor]:
+def read_wan_state_dict(path: str | os.PathLike, *, variant: str = "ema", meta: bool = False) -> WanTensors:
     """``read_wan_file`` with the fp8 bookkeeping turned into the engine's: ``scale_weight`` per
     layer (ComfyUI's newer ``weight_scale`` renamed), markers checked and dropped."""
-    return _engine_keys(read_wan_file(path, variant=variant, meta=meta), Path(path))
+    tensors = read_wan_file(path, variant=variant, meta=meta)
+    return WanTensors(_engine_keys(tensors, Path(path)), prefix=tensors.prefix)
 
 
 def inspect_wan(path: str | os.PathLike, *, variant: str = "ema", num_heads: int | None = None) -> WanConfig:
@@ -257,10 +273,7 @@ def load_wan(path: str | os.PathLike, *, variant: str = "ema", dtype: torch.dtyp
         raise InputError(f"fp8 must be one of {FP8_DTYPES} (or None), got {fp8}.")
     sd = read_wan_state_dict(path, variant=variant)
     cfg = infer_config(sd, source=str(path), num_heads=num_heads)
-    bad = first_non_finite(sd)
-    if bad is not None:
-        raise CheckpointError(f"{path}: tensor {bad!r} holds NaN or Inf, so every output would be NaN. The "
-                              "file is corrupt (or was saved from a diverged training run): download it again.")
+    sd.check_finite(path)
     with torch.device("meta"):
         model = CausalWanModel(cfg, compute_dtype=dtype)
     model.requires_grad_(False)
@@ -306,13 +319,19 @@ def _check_keys(model: CausalWanModel, sd: dict[str, Tensor], scales: dict[str, 
 # ----------------------------------------------------------------------------- pairing
 
 
-def check_compatible(drafter: CausalWanModel, target: CausalWanModel) -> None:
-    """Raise IncompatibleModelsError unless the two models can share latents, text and RoPE."""
+def check_compatible(drafter, target) -> None:
+    """Raise unless the two models (anything with a ``cfg``, or WanConfigs) can draft and verify
+    together: they must share latents, text and RoPE, and the drafter must be the smaller."""
+    a, b = (m if isinstance(m, WanConfig) else m.cfg for m in (drafter, target))
     fields = ("in_dim", "out_dim", "patch_size", "text_dim", "head_dim")
-    diffs = [(f, getattr(drafter.cfg, f), getattr(target.cfg, f)) for f in fields
-             if getattr(drafter.cfg, f) != getattr(target.cfg, f)]
+    diffs = [(f, getattr(a, f), getattr(b, f)) for f in fields if getattr(a, f) != getattr(b, f)]
     if diffs:
-        detail = "; ".join(f"{f}: drafter {a}, target {b}" for f, a, b in diffs)
+        detail = "; ".join(f"{f}: drafter {x}, target {y}" for f, x, y in diffs)
         raise IncompatibleModelsError(
             f"drafter and target cannot work together ({detail}). Both must be Wan 2.1 T2V models "
             "(1.3B drafter, 14B target) using the same VAE and text encoder.")
+    if a.dim ** 2 * a.num_layers > b.dim ** 2 * b.num_layers:
+        raise IncompatibleModelsError(
+            f"the drafter ({a.dim} wide, {a.num_layers} blocks) is larger than the target ({b.dim} wide, "
+            f"{b.num_layers} blocks): drafter and target are swapped. The small model (Self-Forcing 1.3B) "
+            "drafts, the large one (Krea Realtime 14B) is the target.")
