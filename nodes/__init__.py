@@ -4,7 +4,7 @@ from . import host
 from .loaders import LoadDrafter, LoadImageRewardRouter, LoadTarget
 from .loop import SDVGLoopEnd, SDVGLoopStart
 from .modular import SDVGBegin, SDVGCommitBlock, SDVGDraftBlock, SDVGFinish, SDVGRegenerateBlock, SDVGRouteBlock
-from .prompt import SDVGEncodePrompt
+from .prompt import SDVGEncodePrompt, SDVGPromptSchedule
 from .sampler import SDVGSampler
 
 # node type -> (class, display name)
@@ -13,6 +13,7 @@ _NODES = {
     "SDVGLoadTarget": (LoadTarget, "Load Target"),
     "SDVGLoadRouter": (LoadImageRewardRouter, "Load ImageReward Router"),
     "SDVGEncodePrompt": (SDVGEncodePrompt, "SDVG Encode Prompt"),
+    "SDVGPromptSchedule": (SDVGPromptSchedule, "SDVG Prompt Schedule"),
     "SDVGSampler": (SDVGSampler, "SDVG Sampler"),
     "SDVGBegin": (SDVGBegin, "SDVG Begin"),
     "SDVGLoopStart": (SDVGLoopStart, "SDVG Block Loop Start"),

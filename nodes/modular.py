@@ -23,7 +23,7 @@ from sdvg_core.errors import SDVGError
 
 from . import session as sdvg
 from .sampler import sdvg_inputs
-from .settings import make_config
+from .settings import make_config, optional_inputs
 
 SESSION = "SDVG_SESSION"
 CATEGORY = "SDVG/modular"
@@ -105,12 +105,12 @@ class SDVGBegin(_Stateful):
 
     @classmethod
     def INPUT_TYPES(cls):
-        return {"required": sdvg_inputs(), "hidden": {"unique_id": "UNIQUE_ID"}}
+        return {"required": sdvg_inputs(), "optional": optional_inputs(), "hidden": {"unique_id": "UNIQUE_ID"}}
 
-    def begin(self, drafter, target, vae, router, positive, prompt, unique_id=None, **video):
-        config = make_config(**video)
+    def begin(self, drafter, target, vae, router, positive, prompt, unique_id=None, video=None, **settings):
+        config = make_config(**settings)
         session, models = sdvg.start_session(drafter=drafter, target=target, vae=vae, router=router,
-                                             positive=positive, prompt=prompt, config=config,
+                                             positive=positive, prompt=prompt, config=config, video=video,
                                              node_id=unique_id)
         run = ModularRun(session, models, prompt, unique_id)
         return (SessionToken(run, 0),)

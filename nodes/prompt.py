@@ -1,6 +1,11 @@
-"""SDVG Encode Prompt: one text box for both the embedding and the router's prompt."""
+"""Prompt nodes: one text box for both the embedding and the router's prompt, and prompt travel."""
 
 from __future__ import annotations
+
+from sdvg_core.prompts import format_schedule, parse_schedule
+
+SEGMENT_KEY = "sdvg_first_block"   # tags a CONDITIONING entry as one segment of a prompt schedule
+PROMPT_KEY = "sdvg_prompt"
 
 
 class SDVGEncodePrompt:
@@ -24,3 +29,36 @@ class SDVGEncodePrompt:
     def encode(self, text, clip):
         tokens = clip.tokenize(text)  # the same two calls as core CLIPTextEncode
         return (clip.encode_from_tokens_scheduled(tokens), text)
+
+
+class SDVGPromptSchedule:
+    """Prompt travel: the prompt changes at given blocks while the video streams."""
+
+    RETURN_TYPES = ("CONDITIONING", "STRING")
+    RETURN_NAMES = ("positive", "prompt")
+    OUTPUT_TOOLTIPS = ("Every segment's embedding: connect to the sampler's 'positive'.",
+                       "The schedule: connect to the sampler's 'prompt' (the router scores each block "
+                       "against its segment's prompt).")
+    FUNCTION = "encode"
+    CATEGORY = "SDVG"
+    DESCRIPTION = ("A prompt schedule, one 'BLOCK: prompt' line per segment: from that block on, drafter, "
+                   "target and router follow that prompt; the context each block re-reads carries the scene "
+                   "across the switch.")
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {"required": {
+            "schedule": ("STRING", {"multiline": True, "default":
+                "0: a red fox trots through fresh snow at golden hour\n4: the red fox leaps into a snowdrift",
+                "tooltip": "One 'BLOCK: prompt' line per segment; the first starts at block 0. A block is 3 "
+                           "latent frames (12 video frames, 0.75 s at 16 fps)."}),
+            "clip": ("CLIP", {"tooltip": "umT5-XXL from a CLIPLoader of type wan."}),
+        }}
+
+    def encode(self, schedule, clip):
+        entries = parse_schedule(schedule, "SDVG Prompt Schedule")
+        positive = []
+        for block, prompt in entries:
+            ((tensor, extras), *_) = clip.encode_from_tokens_scheduled(clip.tokenize(prompt))
+            positive.append([tensor, {**extras, SEGMENT_KEY: block, PROMPT_KEY: prompt}])
+        return (positive, format_schedule(entries))

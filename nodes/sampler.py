@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from . import session as sdvg
-from .settings import make_config, model_inputs, video_inputs
+from .settings import make_config, model_inputs, optional_inputs, video_inputs
 
 
 class SDVGSampler:
@@ -26,12 +26,12 @@ class SDVGSampler:
 
     @classmethod
     def INPUT_TYPES(cls):
-        return {"required": {**sdvg_inputs()}, "hidden": {"unique_id": "UNIQUE_ID"}}
+        return {"required": {**sdvg_inputs()}, "optional": optional_inputs(), "hidden": {"unique_id": "UNIQUE_ID"}}
 
-    def sample(self, drafter, target, vae, router, positive, prompt, unique_id=None, **video):
-        config = make_config(**video)  # size errors surface here, before any model runs
+    def sample(self, drafter, target, vae, router, positive, prompt, unique_id=None, video=None, **settings):
+        config = make_config(**settings)  # size errors surface here, before any model runs
         session, _ = sdvg.start_session(drafter=drafter, target=target, vae=vae, router=router,
-                                        positive=positive, prompt=prompt, config=config,
+                                        positive=positive, prompt=prompt, config=config, video=video,
                                         node_id=unique_id)
         try:
             result = session.run()

@@ -13,7 +13,8 @@ from PIL import Image
 from sdvg_core.config import SDVGConfig
 from sdvg_core.errors import InputError
 from sdvg_core.runner import cache_bytes
-from sdvg_core.speculative import BlockEvent, SDVGResult, SDVGSession
+from sdvg_core.prompts import PromptSchedule, Segment, format_schedule
+from sdvg_core.speculative import BlockEvent, SDVGResult, SDVGSession, check_input_video
 from sdvg_core.text import pad_text
 from sdvg_core.timeline import render_timeline
 from sdvg_core.vae import to_raw_latents
@@ -21,6 +22,7 @@ from sdvg_core.wan import check_compatible
 
 from . import host
 from .models import RouterModel, patcher_of, vae_stream, wan_network
+from .prompt import PROMPT_KEY, SEGMENT_KEY
 
 BLOCK_EVENT = "sdvg.block"          # websocket message the web/ extension listens for
 UI_BLOCKS = "sdvg_blocks"           # key of the blocks in a node's "ui" output
@@ -42,7 +44,7 @@ class HostModels:
 
 
 def start_session(*, drafter, target, vae, router, positive, prompt: str, config: SDVGConfig,
-                  node_id: str | None = None) -> tuple[SDVGSession, HostModels]:
+                  video=None, node_id: str | None = None) -> tuple[SDVGSession, HostModels]:
     """Check the inputs, bring the models onto their devices, open a session.
 
     Everything that can be checked without running a model is checked first: the prompt, that
@@ -62,7 +64,10 @@ def start_session(*, drafter, target, vae, router, positive, prompt: str, config
     if "router" in needed and not isinstance(router, RouterModel):
         raise InputError(f"router: expected the output of Load ImageReward Router, got {type(router).__name__}.")
     stream = vae_stream(vae)
-    text = pad_text(positive, dim=next(iter(networks.values())).cfg.text_dim)
+    prompts = prompt_schedule(positive, prompt, next(iter(networks.values())).cfg.text_dim)
+    prompts.check(config.num_blocks)
+    if config.strength < 1:
+        check_input_video(video, config)
     caches = sum(cache_bytes(n.cfg, config.latent_hw, n.compute_dtype) for n in networks.values())
     used = [inputs[role] for role in networks] + [vae] + ([router] if "router" in needed else [])
     models = HostModels([patcher_of(m) for m in used], int(caches * _ACTIVATION_MARGIN))
@@ -71,9 +76,25 @@ def start_session(*, drafter, target, vae, router, positive, prompt: str, config
     networks = {role: wan_network(inputs[role], role) for role in networks}
     session = SDVGSession(
         drafter=networks.get("drafter"), target=networks.get("target"), vae=stream,
-        scorer=router.scorer if "router" in needed else None, text=text, prompt=prompt, config=config,
+        scorer=router.scorer if "router" in needed else None, prompts=prompts, video=video, config=config,
         on_block=block_reporter(node_id, config), check_interrupt=host.check_interrupt)
     return session, models
+
+
+def prompt_schedule(positive, prompt: str, text_dim: int) -> PromptSchedule:
+    """The video's prompts: one (CLIPTextEncode / SDVG Encode Prompt), or the segments of SDVG
+    Prompt Schedule, whose CONDITIONING entries carry their first block and prompt."""
+    entries = positive if isinstance(positive, (list, tuple)) else []
+    tagged = [e for e in entries if isinstance(e, (list, tuple)) and len(e) > 1 and isinstance(e[1], dict)
+              and SEGMENT_KEY in e[1]]
+    if not tagged:
+        return PromptSchedule.single(prompt, pad_text(positive, dim=text_dim))
+    segments = [Segment(e[1][SEGMENT_KEY], e[1][PROMPT_KEY], pad_text([e], dim=text_dim)) for e in tagged]
+    schedule = format_schedule([(s.first_block, s.prompt) for s in segments])
+    if prompt.strip() != schedule:
+        raise InputError("prompt does not match the prompt schedule in 'positive': connect SDVG Prompt Schedule's "
+                         "'prompt' output to the sampler's 'prompt' too.")
+    return PromptSchedule(segments)
 
 
 def block_payload(stats, tau: float, num_blocks: int, node_id: str | None) -> dict:
@@ -82,7 +103,7 @@ def block_payload(stats, tau: float, num_blocks: int, node_id: str | None) -> di
     return {
         "node": node_id, "block": d["block"], "num_blocks": num_blocks, "tau": tau,
         "decision": d["decision"], "aggregate": d.get("aggregate"),
-        "scores": list(d.get("scores") or []), "scoring": d.get("scoring"),
+        "scores": list(d.get("scores") or []), "scoring": d.get("scoring"), "prompt": d.get("prompt"),
         "seconds": (d.get("seconds") or {}).get("total"),
     }
 

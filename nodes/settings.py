@@ -61,14 +61,24 @@ def video_inputs() -> dict:
         "mode": (list(MODES), {"default": "sdvg", "tooltip":
             "sdvg: speculative decoding. target_only / draft_only: the baselines, for a side-by-side "
             "comparison with the same seed; they run only the model they need."}),
+        "strength": ("FLOAT", {"default": 1.0, "min": 0.05, "max": 1.0, "step": 0.05, "tooltip":
+            "Video-to-video (with an input 'video'): how far each input block is noised. 1 = text-to-video "
+            "(the input is ignored); lower keeps more of the input: 0.75 runs 4 passes a block, 0.5 three, "
+            "0.25 two."}),
     }
 
 
+def optional_inputs() -> dict:
+    return {"video": ("IMAGE", {"tooltip":
+        "Video-to-video: input frames at width x height, at least 12 x num_blocks - 3 of them (Load Video "
+        "-> Get Video Components). Used when strength < 1."})}
+
+
 def make_config(*, width, height, num_blocks, seed, tau, aggregation, hybrid_k, skip,
-                drop_first_frames, mode="sdvg", **_ignored) -> SDVGConfig:
+                drop_first_frames, mode="sdvg", strength=1.0, **_ignored) -> SDVGConfig:
     """The validated config; raises InputError (e.g. a size not divisible by 16) before any model runs."""
     return SDVGConfig(
         mode=mode, tau=float(tau), aggregation=aggregation, width=int(width), height=int(height),
         num_blocks=int(num_blocks), seed=int(seed), hybrid_k=int(hybrid_k), skip=skip,
-        drop_first_frames=bool(drop_first_frames),
+        drop_first_frames=bool(drop_first_frames), strength=float(strength),
     ).validate()

@@ -39,6 +39,7 @@ class SDVGConfig:
     skip_cosine: float = 0.99         # dynamic: drafter's last two x0 estimates agree this well
     drop_first_frames: bool = True    # drop block 0's first 3 pixel frames, as the reference does
     exact_preprocess: bool = True     # ImageReward's PIL path; False: on-device tensor path
+    strength: float = 1.0             # video-to-video: how far each input block is noised (1 = text-to-video)
     accept_pattern: tuple[bool, ...] | None = None  # benchmarks: force decisions, router still runs
 
     def validate(self) -> "SDVGConfig":
@@ -46,7 +47,7 @@ class SDVGConfig:
         for name in ("width", "height", "num_blocks", "hybrid_k", "cascade_frames", "skip_every"):
             require_int(name, getattr(self, name))
         require_int("seed", self.seed, low=0, high=MAX_SEED)
-        for name in ("cascade_margin", "skip_margin", "skip_cosine"):
+        for name in ("cascade_margin", "skip_margin", "skip_cosine", "strength"):
             require_number(name, getattr(self, name))
         check_choice("mode", self.mode, MODES)
         check_choice("skip", self.skip, SKIP_POLICIES)
@@ -69,6 +70,9 @@ class SDVGConfig:
             raise InputError(f"cascade_frames must be at least 1, got {self.cascade_frames}.")
         if self.skip == "uniform" and self.skip_every < 2:
             raise InputError(f"skip_every must be at least 2, got {self.skip_every}.")
+        if not 0.0 < self.strength <= 1.0:
+            raise InputError(f"strength must be in (0, 1] (1 = text-to-video; lower keeps more of the input "
+                             f"video), got {self.strength}.")
         if self.accept_pattern is not None and not self.accept_pattern:
             raise InputError("accept_pattern must hold at least one decision, or be None.")
         return self

@@ -19,7 +19,10 @@ import torch
 
 from .config import AGGREGATIONS, MODES, SKIP_POLICIES, SDVGConfig
 from .errors import InputError, MissingFileError, SDVGError
+from .prompts import PromptSchedule, Segment, format_schedule, parse_schedule
 from .results import ResultsFolder, read_prompt_file
+from .speculative import check_input_video
+from .video import read_video
 
 DTYPES = {"bfloat16": torch.bfloat16, "float16": torch.float16, "float32": torch.float32}
 
@@ -49,7 +52,7 @@ def add_session_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def session_config(args, **overrides) -> SDVGConfig:
-    values = dict(mode=args.mode, tau=args.tau, aggregation=args.aggregation,
+    values = dict(mode=args.mode, tau=args.tau, aggregation=args.aggregation, strength=getattr(args, "strength", 1.0),
                   num_blocks=args.blocks, seed=args.seed, hybrid_k=args.hybrid_k,
                   cascade=args.cascade, skip=args.skip, exact_preprocess=not args.fast_preprocess,
                   drop_first_frames=not args.keep_first_frames)
@@ -71,7 +74,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="folder of the google/umt5-xxl tokenizer (default: the --text-encoder folder)")
     prompts = parser.add_mutually_exclusive_group(required=True)
     prompts.add_argument("--prompt", help="one prompt")
-    prompts.add_argument("--prompts", help="a text file, one prompt per line")
+    prompts.add_argument("--prompts", help="a text file, one prompt per line (one video each)")
+    prompts.add_argument("--prompt-schedule", help="a text file of 'BLOCK: prompt' lines: one video whose prompt "
+                                                   "changes at those blocks (prompt travel)")
     parser.add_argument("--start", type=int, default=0, help="first prompt of --prompts to use (0-based)")
     parser.add_argument("--limit", type=int, default=None, help="at most this many prompts (default: all)")
     parser.add_argument("--width", type=int, default=832, help="pixels, a multiple of 16")
@@ -80,6 +85,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="torch device for every model")
     parser.add_argument("--dtype", choices=DTYPES, default=None,
                         help="compute dtype (default: bfloat16 on a GPU, float32 on the CPU)")
+    parser.add_argument("--video", default=None,
+                        help="video-to-video: an input video file of at least 12 x blocks - 3 frames at "
+                             "--width x --height, used with --strength < 1")
+    parser.add_argument("--strength", type=float, default=1.0,
+                        help="video-to-video: how far each input block is noised; 1 = text-to-video, lower keeps "
+                             "more of the input (0.75: 4 passes a block, 0.5: 3, 0.25: 2)")
     parser.add_argument("--out", default="out/generate", help="output folder (a rerun resumes it)")
     parser.add_argument("--redo", action="store_true", help="regenerate prompts already done in --out")
     add_session_arguments(parser)
@@ -89,7 +100,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 class Batch:
     """What a run will do, known before any model loads."""
 
-    prompts: dict[int, str]        # index -> prompt, the selected ones
+    prompts: dict[int, list[tuple[int, str]]]  # index -> its prompt schedule [(first block, prompt)]
     todo: list[int]                # indices still to generate
     config: SDVGConfig
     device: torch.device
@@ -97,21 +108,25 @@ class Batch:
     out: ResultsFolder
 
 
-def select_prompts(args) -> dict[int, str]:
+def select_prompts(args) -> dict[int, list[tuple[int, str]]]:
+    """Index -> the video's prompt schedule: one segment per --prompt / --prompts line, or the file
+    of --prompt-schedule (one video)."""
     if args.start < 0:
         raise InputError(f"--start {args.start}: must be 0 or more (the first prompt is 0).")
     if args.limit is not None and args.limit < 1:
         raise InputError(f"--limit {args.limit}: must be at least 1 (leave it out for every prompt).")
-    if args.prompt is not None:
-        if args.start:
-            raise InputError("--start applies to --prompts, not to a single --prompt.")
-        prompts = [args.prompt]
-    else:
-        prompts = read_prompt_file(args.prompts)
+    if args.prompts is None and args.start:
+        raise InputError("--start applies to --prompts, not to a single --prompt or --prompt-schedule.")
+    if args.prompt_schedule is not None:
+        path = Path(args.prompt_schedule)
+        if not path.is_file():
+            raise MissingFileError(f"--prompt-schedule {path}: no such file ('BLOCK: prompt' lines).")
+        return {0: parse_schedule(path.read_text(encoding="utf-8"), f"--prompt-schedule {path}")}
+    prompts = [args.prompt] if args.prompt is not None else read_prompt_file(args.prompts)
     indexed = dict(list(enumerate(prompts))[args.start:][:args.limit])
     if not indexed or any(not p.strip() for p in indexed.values()):
         raise InputError("no prompt to generate: give --prompt TEXT or a --prompts file with lines after --start.")
-    return indexed
+    return {i: [(0, prompt)] for i, prompt in indexed.items()}
 
 
 def check_paths(args) -> None:
@@ -121,8 +136,10 @@ def check_paths(args) -> None:
               ("--text-encoder", args.text_encoder, "folder")]
     if args.tokenizer:
         wanted.append(("--tokenizer", args.tokenizer, "folder"))
-    if args.prompts:
-        wanted.append(("--prompts", args.prompts, "file"))
+    for flag, path in (("--prompts", args.prompts), ("--prompt-schedule", args.prompt_schedule),
+                       ("--video", args.video)):
+        if path:
+            wanted.append((flag, path, "file"))
     missing = [f"{flag} {path} (expected a {kind})" for flag, path, kind in wanted
                if not (Path(path).is_file() if kind == "file" else Path(path).is_dir())]
     if missing:
@@ -140,6 +157,12 @@ def preflight(args) -> Batch:
     check_paths(args)
     prompts = select_prompts(args)
     config = session_config(args, width=args.width, height=args.height)
+    for schedule in prompts.values():
+        PromptSchedule([Segment(b, p, torch.zeros(1, 1, 1)) for b, p in schedule]).check(config.num_blocks)
+    if config.strength < 1:
+        if args.video is None:
+            raise InputError(f"--strength {config.strength} < 1 needs --video (the input of video-to-video).")
+        check_input_video(read_video(args.video, limit=12 * config.num_blocks - 3), config)
     device = torch.device(args.device)
     dtype = DTYPES[args.dtype] if args.dtype else (torch.bfloat16 if device.type == "cuda" else torch.float32)
     configs = {}
@@ -158,6 +181,7 @@ def preflight(args) -> Batch:
         raise InputError(f"--text-encoder {args.text_encoder} embeds {width}-wide, the DiTs read {text_dim}-wide "
                          "text: use the umT5-XXL encoder the models were trained with.")
     settings = {"config": {k: v for k, v in asdict(config).items() if k != "accept_pattern"},
+                "video": Path(args.video).name if config.strength < 1 else None,
                 "drafter": Path(args.drafter).name, "target": Path(args.target).name, "vae": Path(args.vae).name,
                 "dtype": str(dtype).replace("torch.", "")}
     out = ResultsFolder(args.out, settings, redo=args.redo)
@@ -180,26 +204,28 @@ def load_models(args, batch: Batch) -> dict:
     }
 
 
-def encode_prompts(args, batch: Batch) -> dict[int, torch.Tensor]:
+def encode_prompts(args, batch: Batch) -> dict[int, PromptSchedule]:
     from .text import UMT5TextEncoder
 
     encoder = UMT5TextEncoder.from_folder(args.text_encoder, args.tokenizer, device=batch.device, dtype=batch.dtype)
-    texts = {i: encoder.encode(batch.prompts[i]).cpu() for i in batch.todo}
+    schedules = {i: PromptSchedule([Segment(b, p, encoder.encode(p).cpu()) for b, p in batch.prompts[i]])
+                 for i in batch.todo}
     del encoder  # free it before the DiTs load
-    return texts
+    return schedules
 
 
-def generate_one(models: dict, text: torch.Tensor, prompt: str, config: SDVGConfig):
+def generate_one(models: dict, prompts: PromptSchedule, config: SDVGConfig, video=None):
     """One video: (frames, the JSON record's fields)."""
     from .speculative import SDVGSession
 
-    session = SDVGSession(**models, text=text, prompt=prompt, config=config)
+    session = SDVGSession(**models, prompts=prompts, video=video, config=config)
     start = time.perf_counter()
     try:
         result = session.run()
     finally:
         session.release()
-    record = {"seed": config.seed, "tau": config.tau, "mode": config.mode,
+    record = {"seed": config.seed, "tau": config.tau, "mode": config.mode, "strength": config.strength,
+              "schedule": format_schedule([(s.first_block, s.prompt) for s in prompts.segments]),
               "seconds": time.perf_counter() - start, **result.stats_dict()}
     return result.frames, record
 
@@ -214,12 +240,13 @@ def main(args) -> int:
         return 0
     written = failed = 0
     try:
-        texts = encode_prompts(args, batch)
+        schedules = encode_prompts(args, batch)
+        video = read_video(args.video) if batch.config.strength < 1 else None
         models = load_models(args, batch)
         for n, index in enumerate(batch.todo, 1):
-            prompt = batch.prompts[index]
+            prompt = batch.prompts[index][0][1]
             try:
-                frames, record = generate_one(models, texts[index], prompt, batch.config)
+                frames, record = generate_one(models, schedules[index], batch.config, video)
             except SDVGError as error:  # this prompt has no video and no line; the batch goes on
                 failed += 1
                 batch.out.fail(index, prompt, error)

@@ -51,6 +51,17 @@ def sigma_of(t: float) -> float:
 SIGMAS: tuple[float, ...] = tuple(sigma_of(t) for t in TIMESTEPS)
 
 
+def start_step_for(strength: float) -> int:
+    """The first pass a block noised to ``strength`` runs (video-to-video, docs/algorithm.md, 9).
+
+    Strength s is the noise level 1000 s on the unshifted training grid, warped like the steps;
+    the passes whose timestep is above it are skipped: s = 1 runs all 5, s = 0.75 four (from
+    t = 937.5), 0.5 three, 0.25 two, less than 0.25 only the final t = 0 pass.
+    """
+    threshold = warp(strength * NUM_TRAIN_TIMESTEPS)
+    return next(i for i, t in enumerate(TIMESTEPS) if t <= threshold + 1e-9)
+
+
 def flow_to_x0(x_t: torch.Tensor, v: torch.Tensor, sigma: float) -> torch.Tensor:
     """Clean-sample estimate from a flow prediction, computed in float64."""
     return (x_t.double() - sigma * v.double()).to(x_t.dtype)

@@ -18,7 +18,8 @@ from .committed import CommittedVideo
 from .config import SDVGConfig
 from .errors import InputError, SDVGError
 from .runner import BlockRunner
-from .schedule import FRAMES_PER_BLOCK, BlockSample, NoisePlan
+from .prompts import PromptSchedule
+from .schedule import FRAMES_PER_BLOCK, SIGMAS, BlockSample, NoisePlan, renoise, start_step_for
 from .stats import BlockStats, Meter, summarize
 from .verifier import Verdict, Verifier, draft_agreement
 from .wan import check_compatible
@@ -62,35 +63,42 @@ class Draft:
 
 
 class SDVGSession:
-    def __init__(self, *, drafter, target, vae, scorer, text: torch.Tensor, prompt: str,
+    def __init__(self, *, drafter, target, vae, scorer, text: torch.Tensor | None = None, prompt: str | None = None,
+                 prompts: PromptSchedule | None = None, video: torch.Tensor | None = None,
                  config: SDVGConfig = SDVGConfig(),
                  on_block: Callable[[BlockEvent], None] | None = None,
                  check_interrupt: Callable[[], None] | None = None):
         """``drafter``/``target``: Wan DiTs (either may be None when the mode does not call it);
-        ``vae``: a StreamingVAE; ``scorer``: scores frames (ImageRewardScorer)."""
+        ``vae``: a VAE stream (sdvg_core/vae.py); ``scorer``: scores frames (ImageRewardScorer).
+        The text: one ``prompt`` and its embedding ``text``, or a ``prompts`` schedule.
+        ``video``: the input of video-to-video, frames ``[T, H, W, 3]`` in [0, 1], used when
+        ``config.strength`` < 1."""
         self.config = config.validate()
         for name, model in (("drafter", drafter), ("target", target), ("router", scorer)):
             if name in config.models and model is None:
                 raise InputError(f"mode {config.mode!r} needs a {name}; none was given.")
         if drafter is not None and target is not None:
             check_compatible(drafter, target)
-        if text.dim() == 2:
-            text = text.unsqueeze(0)
-        if text.shape[0] != 1:
-            raise InputError(f"one prompt per session: text has batch {text.shape[0]}.")
-        self.vae, self.prompt = vae, prompt
+        if prompts is None:
+            if text is None or prompt is None:
+                raise InputError("give the prompt and its embedding (prompt=, text=), or a prompts= schedule.")
+            prompts = PromptSchedule.single(prompt, text)
+        prompts.check(config.num_blocks)
+        self.prompts, self.vae = prompts, vae
         self.on_block = on_block
         self.check_interrupt = check_interrupt or (lambda: None)
         interrupt = lambda: self.check_interrupt()  # noqa: E731 - read at call time: callers swap it
+        texts = [segment.text for segment in prompts.segments]
 
         def runner(name, model):
-            return None if model is None else BlockRunner(name, model, text, config.latent_hw,
+            return None if model is None else BlockRunner(name, model, texts, config.latent_hw,
                                                           before_call=interrupt)
 
         self.drafter, self.target = runner("drafter", drafter), runner("target", target)
         self.verifier = Verifier(config, scorer, check_interrupt=interrupt)
         self.plan = NoisePlan(config.seed, config.num_blocks, (16,) + config.latent_hw)
         self.video = CommittedVideo(vae)
+        self.input_latents = encode_input_video(vae, video, config) if config.strength < 1 else None
         self.reset()
 
     # -- one block ----------------------------------------------------------------------
@@ -98,28 +106,39 @@ class SDVGSession:
     def _block(self, b: int) -> Iterator[tuple[str, Any]]:
         """One block: context, draft, verify, regenerate or keep, commit (pausing after each)."""
         meter, started = Meter(), time.perf_counter()
+        segment = self.prompts.index_at(b)               # the prompt that conditions this block
         context = self.video.context(b, meter)           # the clean frames every model re-reads
+        x, step = self._start(b)                         # noise, or the input video noised to strength
         draft = None
         if self.verifier.wants_draft(b):                 # the drafter proposes the block
             vae_before = self.vae.snapshot()             # a rejected draft's decode is undone
-            sample = self.drafter.generate(b, context, self.plan, meter)
+            sample = self.drafter.generate(b, context, self.plan, meter, segment=segment, start_step=step, x_start=x)
             draft = Draft(sample, self._decode(sample.latents, "drafter", b, meter), vae_before)
         yield "draft", None
-        verdict = self.verifier.verify(b, draft, self.prompt, meter)  # ImageReward keeps it or not
+        verdict = self.verifier.verify(b, draft, self.prompts.segments[segment].prompt, meter)  # keep it or not
         yield "verify", verdict.decision
         if verdict.keeps_draft:
             latents, pixels = draft.sample.latents, draft.pixels
         else:                                            # the target regenerates the block
             if draft is not None:
                 self.vae.restore(draft.vae_before)
-            k = self.config.hybrid_k if verdict.decision == "rejected" else 0
-            sample = self.target.generate(b, context, self.plan, meter, start_step=k,
-                                          x_start=draft.sample.input_at(k) if k else None)
+            if verdict.decision == "rejected" and self.config.hybrid_k > step:  # resume from the draft
+                x, step = draft.sample.input_at(self.config.hybrid_k), self.config.hybrid_k
+            sample = self.target.generate(b, context, self.plan, meter, segment=segment, start_step=step, x_start=x)
             latents, pixels = sample.latents, self._decode(sample.latents, "target", b, meter)
         yield "regenerate", None
         self.video.commit(latents, pixels)               # the next model rebuilds its cache from it
-        stats = self._record(b, verdict, meter, started, pixels.shape[1])
+        stats = self._record(b, verdict, meter, started, pixels.shape[1], segment)
         yield "commit", stats
+
+    def _start(self, b: int) -> tuple[torch.Tensor, int]:
+        """The latent block b's denoising starts from, and its first pass (docs/algorithm.md, 9)."""
+        noise = self.plan.block_noise(b)
+        if self.input_latents is None:
+            return noise, 0
+        step = start_step_for(self.config.strength)
+        block = self.input_latents[:, b * FRAMES_PER_BLOCK:(b + 1) * FRAMES_PER_BLOCK]
+        return renoise(block.to(noise.device, noise.dtype), noise, SIGMAS[step]), step
 
     # -- driving the blocks -------------------------------------------------------------
 
@@ -198,8 +217,10 @@ class SDVGSession:
         meter.count("vae_decode")
         return pixels
 
-    def _record(self, b: int, verdict: Verdict, meter: Meter, started: float, frames: int) -> BlockStats:
-        stats = BlockStats(block=b, decision=verdict.decision, scores=list(verdict.scores),
+    def _record(self, b: int, verdict: Verdict, meter: Meter, started: float, frames: int,
+                segment: int) -> BlockStats:
+        stats = BlockStats(block=b, decision=verdict.decision, prompt=self.prompts.segments[segment].prompt,
+                           scores=list(verdict.scores),
                            aggregate=verdict.aggregate, tau=verdict.tau, scoring=verdict.scoring,
                            draft_agreement=verdict.agreement, model_calls=dict(meter.calls),
                            seconds=dict(meter.seconds, total=time.perf_counter() - started),
@@ -225,3 +246,35 @@ class SDVGSession:
         for runner in (self.drafter, self.target):
             if runner:
                 runner.release()
+
+
+def check_input_video(video, config: SDVGConfig) -> int:
+    """Raise unless ``video`` (frames ``[T, H, W, 3]``) can be the input of this video; the frames used."""
+    blocks = config.num_blocks
+    needed = 1 + 4 * (FRAMES_PER_BLOCK * blocks - 1)
+    if video is None:
+        raise InputError(f"strength {config.strength} < 1 needs an input video (frames [T, H, W, 3] in [0, 1]); "
+                         "connect one, or set strength to 1 for text-to-video.")
+    if not isinstance(video, torch.Tensor) or video.dim() != 4 or video.shape[-1] != 3:
+        got = tuple(video.shape) if isinstance(video, torch.Tensor) else type(video).__name__
+        raise InputError(f"the input video must be frames [T, H, W, 3] (ComfyUI IMAGE), got {got}.")
+    frames, height, width = video.shape[:3]
+    if (height, width) != (config.height, config.width):
+        raise InputError(f"the input video is {width}x{height}, the video to make is {config.width}x{config.height}: "
+                         f"resize the input (ComfyUI: Upscale Image to {config.width}x{config.height}) or set "
+                         "width/height to the input's size.")
+    if frames < needed:
+        fits = (frames + 3) // 12
+        hint = f"use at most {fits} blocks" if fits else "give a longer video"
+        raise InputError(f"the input video has {frames} frames; {blocks} blocks need {needed} (12 per block - 3): "
+                         f"{hint}, or give at least {needed} frames.")
+    return needed
+
+
+def encode_input_video(vae, video: torch.Tensor | None, config: SDVGConfig) -> torch.Tensor:
+    """The input of video-to-video as normalised latents ``[1, F, 16, h, w]`` (docs/algorithm.md, 9):
+    its first ``12 N - 3`` frames (N blocks), encoded once by the VAE, causally as Wan does."""
+    needed = check_input_video(video, config)
+    pixels = video[:needed].float().clamp(0, 1).mul(2).sub(1).permute(3, 0, 1, 2).unsqueeze(0)  # [1, 3, T, H, W]
+    with torch.no_grad():
+        return vae.encode_video(pixels.to(vae.device, vae.dtype)).float().cpu()

@@ -46,6 +46,7 @@ class BlockStats:
 
     block: int
     decision: str
+    prompt: str | None = None           # the prompt that conditioned the block
     scores: list[float] = field(default_factory=list)
     aggregate: float | None = None
     tau: float | None = None

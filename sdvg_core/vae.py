@@ -85,7 +85,7 @@ class DecodeStream:
 
     Subclasses say how their module tree is called: ``_features`` (the 1x1x1 conv before the
     decoder), ``_decode_chunks`` (the decoder over some latent frames, carrying the cache) and
-    ``_encode_mean`` (the posterior mean of a one-frame clip); and where it computes.
+    ``_encode_mean`` (the posterior mean of a clip); and where it computes.
     """
 
     def __init__(self, decoder_slots: int, mean, std):
@@ -141,16 +141,21 @@ class DecodeStream:
         self._state = state
 
     @torch.no_grad()
+    def encode_video(self, pixels: torch.Tensor) -> torch.Tensor:
+        """A whole clip ``[B, 3, T, H, W]`` in [-1, 1] (T = 1 + 4k) -> NORMALISED posterior means
+        ``[B, F, 16, H/8, W/8]``, encoded causally in one go (the input of video-to-video)."""
+        mu = self._encode_mean(pixels.to(device=self.device, dtype=self.dtype)).float()
+        mu = (mu - self._mean.to(mu.device)) / self._std.to(mu.device)
+        return mu.permute(0, 2, 1, 3, 4)
+
     def encode_frame(self, frame: torch.Tensor) -> torch.Tensor:
-        """Encode one pixel frame as the first frame of a 1-frame clip.
+        """Encode one pixel frame as the first frame of a 1-frame clip (the anchor of a block).
 
         frame: [B, 3, H, W] in [-1, 1], H and W multiples of 8. Returns the posterior mean,
         NORMALISED ((mu - mean) / std), float32, [B, 1, 16, H/8, W/8]. Leaves the decode stream alone.
         """
         _check_frame(frame)
-        mu = self._encode_mean(frame.unsqueeze(2).to(device=self.device, dtype=self.dtype)).float()
-        mu = (mu - self._mean.to(mu.device)) / self._std.to(mu.device)
-        return mu.permute(0, 2, 1, 3, 4)
+        return self.encode_video(frame.unsqueeze(2))
 
 
 class StreamingVAE(DecodeStream):
@@ -166,9 +171,8 @@ class StreamingVAE(DecodeStream):
                 f"Use the Wan 2.1 VAE, which both Self-Forcing and Krea Realtime were trained with."
             )
         self.vae = vae.eval()
-        # Our own cache lists, not vae._feat_map: diffusers' encode()/decode() wipe theirs, and
+        # Our own cache list, not vae._feat_map: diffusers' encode()/decode() wipe theirs, and
         # anyone may call those on the same model mid-stream.
-        self._encoder_slots = _count_causal_convs(vae.encoder)
         super().__init__(_count_causal_convs(vae.decoder), config.latents_mean, config.latents_std)
 
     @classmethod
@@ -204,9 +208,7 @@ class StreamingVAE(DecodeStream):
         return torch.cat(frames, dim=2)
 
     def _encode_mean(self, x: torch.Tensor) -> torch.Tensor:
-        cache = [None] * self._encoder_slots  # a fresh clip of its own
-        h = self.vae.quant_conv(self.vae.encoder(x, feat_cache=cache, feat_idx=[0]))
-        return h[:, :LATENT_CHANNELS]  # DiagonalGaussianDistribution.mean: first half of the channels
+        return self.vae.encode(x).latent_dist.mean  # diffusers' own chunked causal encode, a clip of its own
 
 
 class WanTreeStream(DecodeStream):
@@ -242,7 +244,7 @@ class WanTreeStream(DecodeStream):
         return torch.cat(out, dim=2)
 
     def _encode_mean(self, x: torch.Tensor) -> torch.Tensor:
-        return self.tree.encode(x)  # Wan's own: the posterior mean (raw) of this one-frame clip
+        return self.tree.encode(x)  # Wan's own chunked causal encode: the posterior mean (raw)
 
 
 # ---------------------------------------------------------------------- the model

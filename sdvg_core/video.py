@@ -9,6 +9,8 @@ import numpy as np
 import torch
 from PIL import Image
 
+from .errors import InputError, MissingFileError
+
 WAN_FPS = 16
 
 
@@ -67,3 +69,24 @@ def count_frames(path: str | os.PathLike) -> int:
 
     with av.open(str(path)) as container:
         return sum(1 for _ in container.decode(video=0))
+
+
+def read_video(path: str | os.PathLike, limit: int | None = None) -> torch.Tensor:
+    """A video file's frames ``[T, H, W, 3]`` float in [0, 1] (ComfyUI IMAGE layout); at most ``limit``."""
+    import av
+
+    path = Path(path)
+    if not path.is_file():
+        raise MissingFileError(f"--video {path}: no such file.")
+    frames = []
+    try:
+        with av.open(str(path)) as container:
+            for frame in container.decode(video=0):
+                frames.append(torch.from_numpy(frame.to_ndarray(format="rgb24")))
+                if limit is not None and len(frames) >= limit:
+                    break
+    except (av.error.FFmpegError, ValueError) as error:
+        raise InputError(f"--video {path}: cannot be decoded as a video ({error}).") from None
+    if not frames:
+        raise InputError(f"--video {path}: holds no video frames.")
+    return torch.stack(frames).float() / 255.0

@@ -7,8 +7,9 @@ names the shipped workflows use, and custom_nodes/ with a link to this repositor
 node, and city96's ComfyUI-GGUF when SDVG_COMFYUI_GGUF_DIR points at a checkout of it.
 
 The one substitution: the workflows encode the prompt with the umT5-XXL CLIPLoader, whose model
-cannot be shrunk; a stand-in node with CLIPTextEncode's ``text`` input and output type embeds the
-text with sdvg_core.tiny.tiny_text (4096 wide, as umT5-XXL).
+cannot be shrunk; a stand-in node gives a CLIP object with ComfyUI's encode interface that embeds
+the text with sdvg_core.tiny.tiny_text (4096 wide, as umT5-XXL), so core's CLIPTextEncode and SDVG
+Prompt Schedule run as they are.
 """
 
 from __future__ import annotations
@@ -35,14 +36,36 @@ PACK_FOLDER = "ComfyUI-SDVG"
 STARTUP_SECONDS = 300
 RUN_SECONDS = 900
 TEXT_STAND_IN = '''
-"""Test-only stand-in for CLIPLoader + CLIPTextEncode: tiny_text embeddings (umT5-XXL's width)."""
+"""Test-only stand-ins for umT5-XXL: a CLIP object with ComfyUI's encode interface, whose embedding
+is sdvg_core.tiny.tiny_text (umT5-XXL's width), and a text node built on it."""
 import sys
 
 sys.path.append({root!r})
 from sdvg_core.tiny import COMFY_TEXT_DIM, tiny_text  # noqa: E402
 
 
-class SDVGE2ETinyText:
+class TinyClip:
+    def tokenize(self, text):
+        return {"text": text}
+
+    def encode_from_tokens_scheduled(self, tokens):
+        return [[tiny_text(tokens["text"], COMFY_TEXT_DIM), {"pooled_output": None}]]
+
+
+class SDVGE2ETinyCLIP:  # in place of CLIPLoader
+    RETURN_TYPES = ("CLIP",)
+    FUNCTION = "load"
+    CATEGORY = "testing"
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {"required": {}}
+
+    def load(self):
+        return (TinyClip(),)
+
+
+class SDVGE2ETinyText:  # in place of CLIPLoader + CLIPTextEncode
     RETURN_TYPES = ("CONDITIONING",)
     FUNCTION = "encode"
     CATEGORY = "testing"
@@ -52,10 +75,10 @@ class SDVGE2ETinyText:
         return {"required": {"text": ("STRING", {"multiline": True})}}
 
     def encode(self, text):
-        return ([[tiny_text(text, COMFY_TEXT_DIM), {"pooled_output": None}]],)
+        return (TinyClip().encode_from_tokens_scheduled({"text": text}),)
 
 
-NODE_CLASS_MAPPINGS = {"SDVGE2ETinyText": SDVGE2ETinyText}
+NODE_CLASS_MAPPINGS = {"SDVGE2ETinyCLIP": SDVGE2ETinyCLIP, "SDVGE2ETinyText": SDVGE2ETinyText}
 '''
 # The shipped workflows' model files, and the tiny ComfyUI-loadable file standing in for each.
 WORKFLOW_FILES = {
@@ -64,11 +87,15 @@ WORKFLOW_FILES = {
     "vae/wan_2.1_vae.safetensors": "vae",
 }
 GGUF_TARGET = "sdvg_comfy_target-Q8_0.gguf"
+INPUT_BLOCKS = 5  # the input clip of the video-to-video workflow fits videos of up to 5 blocks
 
 
 def prepare_base(base: Path) -> dict:
     """models/ and custom_nodes/ for a server; returns write_comfy_model_files' paths."""
+    import torch
+
     from sdvg_core.tiny import COMFY_TARGET, tiny_wan, write_comfy_model_files, write_wan_gguf
+    from sdvg_core.video import write_video
 
     models = base / "models"
     files = write_comfy_model_files(models)
@@ -79,6 +106,10 @@ def prepare_base(base: Path) -> dict:
     (custom / PACK_FOLDER).symlink_to(support.ROOT, target_is_directory=True)
     (custom / "sdvg_e2e_text").mkdir()
     (custom / "sdvg_e2e_text" / "__init__.py").write_text(TEXT_STAND_IN.replace("{root!r}", repr(str(support.ROOT))))
+    frames = 12 * INPUT_BLOCKS - 3  # the video-to-video workflow's input clip
+    (base / "input").mkdir()
+    write_video(torch.rand(frames, support.TINY_SETTINGS["height"], support.TINY_SETTINGS["width"], 3,
+                           generator=torch.Generator().manual_seed(0)), base / "input" / "sdvg_input.mp4")
     if GGUF_PACK:
         (custom / "ComfyUI-GGUF").symlink_to(Path(GGUF_PACK).resolve(), target_is_directory=True)
         files["gguf"] = write_wan_gguf(tiny_wan(COMFY_TARGET, 2), models / "diffusion_models" / GGUF_TARGET)

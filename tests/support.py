@@ -10,6 +10,8 @@ import shutil
 import sys
 from pathlib import Path
 
+import torch
+
 ROOT = Path(__file__).resolve().parents[1]
 WORKFLOWS = sorted((ROOT / "workflows").glob("*.json"))
 PACK_NAME = "sdvg_pack_under_test"
@@ -33,6 +35,8 @@ CORE_NODES = {
     "CLIPTextEncode": {"inputs": [("clip", "CLIP")], "widgets": [("text", "STRING", None)],
                        "outputs": ["CONDITIONING"]},
     "VAELoader": {"inputs": [], "widgets": [("vae_name", "COMBO", None)], "outputs": ["VAE"]},
+    "LoadVideo": {"inputs": [], "widgets": [("file", "COMBO", None)], "outputs": ["VIDEO"]},
+    "GetVideoComponents": {"inputs": [("video", "VIDEO")], "widgets": [], "outputs": ["IMAGE", "AUDIO", "FLOAT"]},
     "CreateVideo": {"inputs": [("images", "IMAGE"), ("audio", "AUDIO")],
                     "widgets": [("fps", "FLOAT", (1.0, 120.0))], "outputs": ["VIDEO"]},
     "SaveVideo": {"inputs": [("video", "VIDEO")], "widgets": [
@@ -241,6 +245,23 @@ def core_stand_ins(text_dim: int, saved: dict) -> dict:
 
             return (StreamingVAE.from_single_file(host.full_path("vae", vae_name)),)
 
+    class LoadVideo:  # a clip of the tests' size, long enough for their blocks
+        FUNCTION = "run"
+        RETURN_TYPES = ("VIDEO",)
+        INPUT_TYPES = classmethod(lambda cls: {"required": {}})
+        def run(self, file):
+            frames = 12 * TINY_SETTINGS["num_blocks"] - 3
+            images = torch.rand(frames, TINY_SETTINGS["height"], TINY_SETTINGS["width"], 3,
+                                generator=torch.Generator().manual_seed(0))
+            return ({"images": images, "fps": 16.0},)
+
+    class GetVideoComponents:
+        FUNCTION = "run"
+        RETURN_TYPES = ("IMAGE", "AUDIO", "FLOAT")
+        INPUT_TYPES = classmethod(lambda cls: {"required": {}})
+        def run(self, video):
+            return (video["images"], None, video["fps"])
+
     class CreateVideo:
         FUNCTION = "run"
         RETURN_TYPES = ("VIDEO",)
@@ -266,8 +287,8 @@ def core_stand_ins(text_dim: int, saved: dict) -> dict:
             saved.setdefault("previews", []).append(images)
             return ()
 
-    return {c.__name__: c for c in (PrimitiveStringMultiline, CLIPLoader, CLIPTextEncode, VAELoader,
-                                    CreateVideo, SaveVideo, PreviewImage)}
+    return {c.__name__: c for c in (PrimitiveStringMultiline, CLIPLoader, CLIPTextEncode, VAELoader, LoadVideo,
+                                    GetVideoComponents, CreateVideo, SaveVideo, PreviewImage)}
 
 
 def load(path: Path) -> dict:

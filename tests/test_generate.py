@@ -139,10 +139,10 @@ def test_a_failed_prompt_leaves_nothing_and_the_batch_goes_on(files, tmp_path, m
 
     real = generate.generate_one
 
-    def second_fails(models, text, prompt, config):
-        if prompt == "a cat":
+    def second_fails(models, prompts, config, video=None):
+        if prompts.segments[0].prompt == "a cat":
             raise NumericalError("the target produced NaN in block 1")
-        return real(models, text, prompt, config)
+        return real(models, prompts, config, video)
 
     monkeypatch.setattr(generate, "generate_one", second_fails)
     prompts = tmp_path / "prompts.txt"
@@ -159,10 +159,10 @@ def test_ctrl_c_ends_with_one_line(files, tmp_path, monkeypatch, capsys):
 
     real = generate.generate_one
 
-    def interrupted_on_the_second(models, text, prompt, config):
-        if prompt == "a cat":
+    def interrupted_on_the_second(models, prompts, config, video=None):
+        if prompts.segments[0].prompt == "a cat":
             raise KeyboardInterrupt
-        return real(models, text, prompt, config)
+        return real(models, prompts, config, video)
 
     monkeypatch.setattr(generate, "generate_one", interrupted_on_the_second)
     prompts = tmp_path / "prompts.txt"
@@ -241,3 +241,28 @@ def test_a_torn_last_line_is_dropped_and_that_prompt_redone(tmp_path):
     folder.log.write_text(good + "\n" + '{"index": 1, "prompt": "b", "sett')  # killed mid-write
     assert folder.pending([0, 1, 2]) == [1, 2]
     assert folder.log.read_text() == good + "\n", "the torn line is gone"
+
+
+def test_a_prompt_schedule_and_a_video_to_video_run(files, tmp_path):
+    schedule = tmp_path / "travel.txt"
+    schedule.write_text("0: a red fox running through fresh snow\n2: the fox leaps into a snowdrift\n")
+    out = tmp_path / "out"
+    assert main(args(files, "--prompt-schedule", str(schedule), "--keep-first-frames", "--out", str(out))) == 0
+    (record,) = lines(out)
+    assert [b["prompt"] for b in record["blocks"]] == ["a red fox running through fresh snow"] * 2 + \
+        ["the fox leaps into a snowdrift"]
+    assert record["schedule"] == schedule.read_text().strip()
+    v2v = tmp_path / "v2v"
+    assert main(args(files, "--prompt", "a fox", "--video", record["video"], "--strength", "0.5",
+                     "--out", str(v2v))) == 0
+    (record,) = lines(v2v)
+    assert record["strength"] == 0.5 and record["blocks"][0]["model_calls"]["target"] == 3
+
+
+def test_a_video_that_does_not_fit_is_refused_before_loading(files, tmp_path, capsys, nothing_loads):
+    from sdvg_core.video import write_video
+
+    short = write_video(torch.rand(20, 48, 64, 3), tmp_path / "short.mp4")
+    assert main(args(files, "--prompt", "a fox", "--video", str(short), "--strength", "0.5",
+                     "--out", str(tmp_path / "out"))) == 2
+    assert "has 20 frames; 3 blocks need 33" in capsys.readouterr().err

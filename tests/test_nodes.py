@@ -94,8 +94,8 @@ def composite_real(models, positive):
         for runner in (session.drafter, session.target):
             if runner is not None and runner._kv is not None:
                 record["released_cache_bytes"].append(
-                    runner._kv.nbytes() + sum(t.numel() * t.element_size()
-                                              for t in (*runner._text_cache.k, *runner._text_cache.v)))
+                    runner._kv.nbytes() + sum(t.numel() * t.element_size() for cache in runner._text_caches.values()
+                                              for t in (*cache.k, *cache.v)))
         release(session)
 
     with pytest.MonkeyPatch.context() as mp:
@@ -623,3 +623,34 @@ def test_host_inside_a_fake_comfyui(tmp_path, monkeypatch):
     _, state_dict, options = calls[-1]
     assert options == {"dtype": torch.float8_e4m3fn}
     assert set(state_dict) == {k[len("model."):] for k in weights}
+
+
+# ----------------------------------------------------------------------------- prompt travel, video-to-video
+
+
+def test_the_prompt_schedule_node_drives_the_sampler_block_by_block(models):
+    clip = support.FakeUMT5Clip(models["drafter"].cfg.text_dim)
+    positive, schedule = call("SDVGPromptSchedule", "0: a red fox in snow\n 2 : the fox leaps\n", clip)
+    assert schedule == "0: a red fox in snow\n2: the fox leaps"
+    assert [entry[1]["sdvg_first_block"] for entry in positive] == [0, 2]
+    out = call("SDVGSampler", models["drafter"], models["target"], models["vae"], scripted_router(), positive,
+               schedule, **VIDEO)
+    blocks = json.loads(out["result"][2])["blocks"]
+    assert [b["prompt"] for b in blocks] == ["a red fox in snow"] * 2 + ["the fox leaps"]
+    with pytest.raises(InputError, match="prompt does not match the prompt schedule"):
+        call("SDVGSampler", models["drafter"], models["target"], models["vae"], scripted_router(), positive,
+             "a red fox in snow", **VIDEO)
+    with pytest.raises(InputError, match="line 1"):
+        call("SDVGPromptSchedule", "a fox without a block", clip)
+
+
+def test_the_sampler_takes_an_input_video_and_a_strength(models, positive, composite_scripted):
+    frames = composite_scripted["result"][0]  # 30 frames: block 0's first 3 were dropped
+    inputs = (models["drafter"], models["target"], models["vae"], scripted_router(), positive, PROMPT)
+    with pytest.raises(InputError, match="has 30 frames; 3 blocks need 33"):
+        call("SDVGSampler", *inputs, video=frames, **{**VIDEO, "strength": 0.5})
+    out = call("SDVGSampler", *inputs, video=torch.cat([frames[:3], frames]), **{**VIDEO, "strength": 0.5})
+    blocks = json.loads(out["result"][2])["blocks"]
+    assert [b["decision"] for b in blocks] == ["target", "accepted", "rejected"]
+    assert [b["model_calls"]["drafter"] for b in blocks] == [0, 1 + 3, 1 + 3]  # strength 0.5: 3 passes a block
+    assert [b["model_calls"]["target"] for b in blocks] == [3, 0, 1 + 3]

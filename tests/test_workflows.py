@@ -11,12 +11,14 @@ modular graph must give the composite graph's frames.
 
 from __future__ import annotations
 
+import json
 import math
 from pathlib import Path
 
 import pytest
 import torch
 
+from sdvg_core.schedule import NUM_STEPS, start_step_for
 from support import (SEED_CONTROL_VALUES, TINY_SETTINGS, VIRTUAL_NODES, WORKFLOWS, MiniExecutor, core_stand_ins,
                      is_link, load, load_pack, node_schema, tiny_models_for_workflows, to_api,
                      widget_names_with_controls)
@@ -142,15 +144,17 @@ def test_note_explains_tau_and_model_files(path):
 
 @pytest.mark.parametrize("path", WORKFLOWS, ids=lambda p: p.name)
 def test_one_prompt_feeds_encoder_and_router(path, mappings):
-    """The router's prompt and CLIPTextEncode's text come from the same String node."""
+    """The router's prompt and the text the models are conditioned on come from one node: a String
+    node feeding both CLIPTextEncode and the sampler, or SDVG Prompt Schedule's two outputs."""
     api = to_api(load(path), mappings)
-    sdvg = [n for n in api.values() if n["class_type"] in ("SDVGSampler", "SDVGBegin")]
-    encoders = [n for n in api.values() if n["class_type"] == "CLIPTextEncode"]
-    assert len(sdvg) == 1 and len(encoders) == 1
-    assert is_link(sdvg[0]["inputs"]["prompt"]) and sdvg[0]["inputs"]["prompt"] == encoders[0]["inputs"]["text"]
-    clip = api[sdvg[0]["inputs"]["positive"][0]]
-    assert clip["class_type"] == "CLIPTextEncode"
-    assert api[clip["inputs"]["clip"][0]]["inputs"]["type"] == "wan"
+    (sdvg,) = [n for n in api.values() if n["class_type"] in ("SDVGSampler", "SDVGBegin")]
+    positive, prompt = sdvg["inputs"]["positive"], sdvg["inputs"]["prompt"]
+    encoder = api[positive[0]]
+    if encoder["class_type"] == "SDVGPromptSchedule":
+        assert prompt == [positive[0], 1], "the schedule's prompt output feeds the sampler's prompt"
+    else:
+        assert encoder["class_type"] == "CLIPTextEncode" and is_link(prompt) and prompt == encoder["inputs"]["text"]
+    assert api[encoder["inputs"]["clip"][0]]["inputs"]["type"] == "wan"
 
 
 def test_modular_loop_body_is_the_four_steps(mappings):
@@ -169,30 +173,49 @@ def test_modular_loop_body_is_the_four_steps(mappings):
 # ----------------------------------------------------------------------------- execution
 
 
-def run_workflow(path: Path, mappings: dict, text_dim: int) -> tuple[dict, MiniExecutor]:
+def run_workflow(path: Path, mappings: dict, text_dim: int) -> tuple[dict, MiniExecutor, dict]:
+    """A workflow at the tests' size (a schedule squeezed into its blocks); (saved outputs, executor, its API)."""
     api = to_api(load(path), mappings)
     for node in api.values():
         if node["class_type"] in ("SDVGSampler", "SDVGBegin"):
             node["inputs"].update(TINY_SETTINGS)
+        if node["class_type"] == "SDVGPromptSchedule":
+            node["inputs"]["schedule"] = "0: a red fox trots through snow\n1: the fox leaps into a snowdrift"
     saved: dict = {}
     executor = MiniExecutor(api, {**mappings, **core_stand_ins(text_dim, saved)})
     executor.run_outputs()
-    return saved, executor
+    return saved, executor, api
 
 
-def test_both_workflows_run_and_agree(mappings, workflow_models):
-    results = {}
-    for path in WORKFLOWS:
-        saved, executor = run_workflow(path, mappings, workflow_models["text_dim"])
-        (video,) = saved["videos"]
-        (timeline,) = saved["previews"]
-        frames = video["images"]
-        assert frames.ndim == 4 and frames.shape[-1] == 3
-        assert frames.shape[1:3] == (TINY_SETTINGS["height"], TINY_SETTINGS["width"])
-        # block 0 gives 9 pixel frames, each later block 12; the first 3 are dropped
-        assert frames.shape[0] == 9 + 12 * (TINY_SETTINGS["num_blocks"] - 1) - 3
-        assert timeline.shape[0] == 1 and timeline.shape[-1] == 3
-        results[path.name] = (frames, executor)
-    (a, _), (b, modular) = sorted(results.values(), key=lambda r: len(r[1].expansions))
-    assert len(modular.expansions) == TINY_SETTINGS["num_blocks"] - 1
-    assert torch.equal(a, b), "the modular loop must give the composite sampler's frames"
+@pytest.mark.parametrize("path", WORKFLOWS, ids=lambda p: p.name)
+def test_every_workflow_runs(path, mappings, workflow_models):
+    saved, executor, api = run_workflow(path, mappings, workflow_models["text_dim"])
+    (video,) = saved["videos"]
+    (timeline,) = saved["previews"]
+    frames = video["images"]
+    assert frames.shape[1:] == (TINY_SETTINGS["height"], TINY_SETTINGS["width"], 3)
+    # block 0 gives 9 pixel frames, each later block 12; the first 3 are dropped
+    assert frames.shape[0] == 9 + 12 * (TINY_SETTINGS["num_blocks"] - 1) - 3
+    assert timeline.shape[0] == 1 and timeline.shape[-1] == 3
+    (sdvg,) = [k for k, n in api.items() if n["class_type"] in ("SDVGSampler", "SDVGFinish")]
+    blocks = json.loads(executor.outputs[sdvg][2])["blocks"]
+    if any(n["class_type"] == "SDVGPromptSchedule" for n in api.values()):
+        assert [b["prompt"] for b in blocks] == ["a red fox trots through snow", "the fox leaps into a snowdrift"]
+    strength = next(n["inputs"]["strength"] for n in api.values() if n["class_type"] in ("SDVGSampler", "SDVGBegin"))
+    if strength < 1:  # video-to-video: fewer passes a block
+        assert "video" in next(n for n in api.values() if n["class_type"] == "SDVGSampler")["inputs"]
+        assert blocks[0]["model_calls"]["target"] == NUM_STEPS - start_step_for(strength) < NUM_STEPS
+
+
+def test_the_modular_loop_gives_the_composite_video(mappings, workflow_models):
+    def frames(node_type):
+        path = next(p for p in WORKFLOWS if node_type in {n["type"] for n in load(p)["nodes"]}
+                    and "SDVGPromptSchedule" not in {n["type"] for n in load(p)["nodes"]}
+                    and "LoadVideo" not in {n["type"] for n in load(p)["nodes"]})
+        saved, executor, _ = run_workflow(path, mappings, workflow_models["text_dim"])
+        return saved["videos"][0]["images"], executor
+
+    composite, _ = frames("SDVGSampler")
+    modular, executor = frames("SDVGLoopEnd")
+    assert len(executor.expansions) == TINY_SETTINGS["num_blocks"] - 1
+    assert torch.equal(composite, modular), "the modular loop must give the composite sampler's frames"

@@ -69,7 +69,7 @@ class DiTPasses:
     """A model's context pass and denoising passes, through the runner the block loop uses."""
 
     def __init__(self, role: str, model, text: torch.Tensor, hw: tuple[int, int]):
-        self.runner = BlockRunner(role, model, text, hw)
+        self.runner = BlockRunner(role, model, [text], hw)
         self.device = model.device
         self.meter = Meter()
         plan = NoisePlan(seed=1, num_blocks=2, latent_shape=(16,) + hw)
