@@ -11,20 +11,18 @@ from __future__ import annotations
 
 import argparse
 import sys
-import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import torch
 
 from .config import AGGREGATIONS, MODES, SKIP_POLICIES, SDVGConfig
-from .errors import InputError, MissingFileError, SDVGError
-from .prompts import PromptSchedule, Segment, format_schedule, parse_schedule
+from .errors import InputError, MissingFileError
+from .prompts import PromptSchedule, Segment, parse_schedule
 from .results import ResultsFolder, read_prompt_file
 from .speculative import check_input_video
 from .video import read_video
-
-DTYPES = {"bfloat16": torch.bfloat16, "float16": torch.float16, "float32": torch.float32}
+from .worker import DTYPES, Outcome, WorkerSpec, run_here
 
 
 def add_session_arguments(parser: argparse.ArgumentParser) -> None:
@@ -93,6 +91,16 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              "more of the input (0.75: 4 passes a block, 0.5: 3, 0.25: 2)")
     parser.add_argument("--out", default="out/generate", help="output folder (a rerun resumes it)")
     parser.add_argument("--redo", action="store_true", help="regenerate prompts already done in --out")
+    parser.add_argument("--workers", type=int, default=1,
+                        help="Ray actors sharing the batch, one GPU each (CPU actors without GPUs); 1 runs in "
+                             "this process without Ray")
+    parser.add_argument("--ray-address", default=None,
+                        help="a running Ray cluster to join (ray start --head ...; 'auto' finds a local one); "
+                             "default: start a cluster on this machine")
+    parser.add_argument("--threads", type=int, default=None,
+                        help="torch CPU threads per worker (and CPUs per Ray CPU actor); CPU results are "
+                             "byte-identical across runs with the same value (default: torch's own, 1 per Ray "
+                             "CPU actor)")
     add_session_arguments(parser)
 
 
@@ -189,48 +197,70 @@ def preflight(args) -> Batch:
     return Batch(prompts, out.pending(list(prompts)), config, device, dtype, out)
 
 
-def load_models(args, batch: Batch) -> dict:
-    from .router import ImageRewardScorer
-    from .vae import StreamingVAE
-    from .wan import load_wan
-
-    used, device, dtype = batch.config.models, batch.device, batch.dtype  # a baseline loads only its own model
-    return {
-        "drafter": load_wan(args.drafter, variant=args.drafter_variant, dtype=dtype, device=device)
-        if "drafter" in used else None,
-        "target": load_wan(args.target, dtype=dtype, device=device) if "target" in used else None,
-        "vae": StreamingVAE.from_single_file(args.vae, dtype=dtype, device=device),
-        "scorer": ImageRewardScorer.from_folder(args.router, device=device) if "router" in used else None,
-    }
+def worker_spec(args, batch: Batch) -> WorkerSpec:
+    return WorkerSpec(drafter=args.drafter, drafter_variant=args.drafter_variant, target=args.target, vae=args.vae,
+                      router=args.router, text_encoder=args.text_encoder, tokenizer=args.tokenizer,
+                      video=args.video, config=batch.config, device=str(batch.device),
+                      dtype=str(batch.dtype).replace("torch.", ""), threads=args.threads)
 
 
-def encode_prompts(args, batch: Batch) -> dict[int, PromptSchedule]:
-    from .text import UMT5TextEncoder
+def outcomes(args, batch: Batch):
+    """Every pending prompt's Outcome, from this process or from Ray workers."""
+    spec = worker_spec(args, batch)
+    schedules = {index: batch.prompts[index] for index in batch.todo}
+    if args.workers == 1:
+        return run_here(spec, schedules)
+    from .cluster import run_on_ray
 
-    encoder = UMT5TextEncoder.from_folder(args.text_encoder, args.tokenizer, device=batch.device, dtype=batch.dtype)
-    schedules = {i: PromptSchedule([Segment(b, p, encoder.encode(p).cpu()) for b, p in batch.prompts[i]])
-                 for i in batch.todo}
-    del encoder  # free it before the DiTs load
-    return schedules
+    return run_on_ray(spec, schedules, workers=args.workers, address=args.ray_address, say=Progress.say)
 
 
-def generate_one(models: dict, prompts: PromptSchedule, config: SDVGConfig, video=None):
-    """One video: (frames, the JSON record's fields)."""
-    from .speculative import SDVGSession
+class Progress:
+    """A bar of videos done / to do with ETA and the accept rate so far, one line per video."""
 
-    session = SDVGSession(**models, prompts=prompts, video=video, config=config)
-    start = time.perf_counter()
-    try:
-        result = session.run()
-    finally:
-        session.release()
-    record = {"seed": config.seed, "tau": config.tau, "mode": config.mode, "strength": config.strength,
-              "schedule": format_schedule([(s.first_block, s.prompt) for s in prompts.segments]),
-              "seconds": time.perf_counter() - start, **result.stats_dict()}
-    return result.frames, record
+    def __init__(self, total: int):
+        from tqdm import tqdm
+
+        self.bar = tqdm(total=total, unit="video", file=sys.stderr, dynamic_ncols=True, disable=None)  # off in logs
+        self.accepted = self.scored = self.failed = 0
+
+    @staticmethod
+    def say(line: str, file=None) -> None:
+        from tqdm import tqdm
+
+        tqdm.write(line, file=file or sys.stderr)
+
+    def finished(self, outcome: Outcome, where: Path | None) -> None:
+        if outcome.error is not None:
+            self.failed += 1
+            self.say(f"prompt {outcome.index} failed: {outcome.error}")
+        else:
+            blocks = [b for b in outcome.record["blocks"] if b["decision"] in ("accepted", "rejected") and b["scores"]]
+            self.accepted += sum(b["decision"] == "accepted" for b in blocks)
+            self.scored += len(blocks)
+            s = outcome.record["summary"]
+            rate = "-" if s["accept_rate"] is None else f"{s['accept_rate']:.0%}"
+            self.say(f"prompt {outcome.index}: {outcome.record['seconds']:.1f}s accepted {rate}  {where}", sys.stdout)
+        self.bar.set_postfix_str(", ".join(filter(None, (
+            f"accepted {self.accepted / self.scored:.0%} of drafts" if self.scored else None,
+            f"{self.failed} failed" if self.failed else None))))
+        self.bar.update()
+
+    def close(self) -> None:
+        self.bar.close()
 
 
 def main(args) -> int:
+    if args.workers < 1:
+        raise InputError(f"--workers {args.workers}: must be at least 1 (1 runs in this process, without Ray).")
+    if args.threads is not None and args.threads < 1:
+        raise InputError(f"--threads {args.threads}: must be at least 1 (leave it out for torch's default).")
+    if args.ray_address and args.workers == 1:
+        raise InputError("--ray-address is for --workers N > 1 (one worker runs in this process).")
+    if args.workers > 1:
+        from .cluster import require_ray
+
+        require_ray()
     batch = preflight(args)
     total, skipped = len(batch.prompts), len(batch.prompts) - len(batch.todo)
     if skipped:
@@ -239,27 +269,22 @@ def main(args) -> int:
         print(f"nothing to do: every prompt is in {batch.out.log} (--redo regenerates them).")
         return 0
     written = failed = 0
+    progress = Progress(len(batch.todo))
     try:
-        schedules = encode_prompts(args, batch)
-        video = read_video(args.video) if batch.config.strength < 1 else None
-        models = load_models(args, batch)
-        for n, index in enumerate(batch.todo, 1):
-            prompt = batch.prompts[index][0][1]
-            try:
-                frames, record = generate_one(models, schedules[index], batch.config, video)
-            except SDVGError as error:  # this prompt has no video and no line; the batch goes on
+        for outcome in outcomes(args, batch):
+            if outcome.error is not None:  # this prompt has no video and no line; the batch goes on
                 failed += 1
-                batch.out.fail(index, prompt, error)
-                print(f"[{n}/{len(batch.todo)}] prompt {index} failed: {error}", file=sys.stderr)
+                batch.out.fail(outcome.index, outcome.prompt, outcome.error)
+                progress.finished(outcome, None)
                 continue
-            video = batch.out.write(index, prompt, frames, record)
+            where = batch.out.write(outcome.index, outcome.prompt, outcome.video, outcome.record)
             written += 1
-            s = record["summary"]
-            rate = "-" if s["accept_rate"] is None else f"{s['accept_rate']:.0%}"
-            print(f"[{n}/{len(batch.todo)}] {record['seconds']:.1f}s accepted {rate}  {video}")
+            progress.finished(outcome, where)
     except KeyboardInterrupt:
+        progress.close()
         print(f"interrupted: {written} video(s) written to {batch.out.path}; rerun the same command to resume.",
               file=sys.stderr)
         return 130
+    progress.close()
     print(f"log: {batch.out.log} ({written} written, {skipped} already done, {failed} failed)")
     return 1 if failed else 0

@@ -21,7 +21,7 @@ import tempfile
 from pathlib import Path
 
 from .errors import InputError, MissingFileError
-from .video import write_video
+from .video import EncodedVideo
 
 RESULTS = "results.jsonl"
 FAILED = "failed.jsonl"
@@ -101,21 +101,24 @@ class ResultsFolder:
     def video_path(self, index: int, prompt: str) -> Path:
         return self.path / f"{index:04d}_{slug(prompt)}.mp4"
 
-    def write(self, index: int, prompt: str, frames, record: dict) -> Path:
-        """The video (atomically), then its line. Returns where the video went (mp4 or webp)."""
+    def write(self, index: int, prompt: str, video: EncodedVideo, record: dict) -> Path:
+        """The video (atomically), then its line. Returns where the video went."""
         self.path.mkdir(parents=True, exist_ok=True)
-        target = self.video_path(index, prompt)
-        partial = target.with_name(f".{target.stem}.partial{target.suffix}")
-        written = write_video(frames, partial)
-        final = target.with_suffix(written.suffix)
-        os.replace(written, final)
+        final = self.video_path(index, prompt).with_suffix(video.suffix)
+        partial = final.with_name(f".{final.stem}.partial{final.suffix}")
+        with open(partial, "wb") as handle:
+            handle.write(video.data)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(partial, final)
         self._append(self.log, {"index": index, "prompt": prompt, "video": str(final), **record,
                                 "settings": self.settings})
         return final
 
-    def fail(self, index: int, prompt: str, error: BaseException) -> None:
+    def fail(self, index: int, prompt: str, error: str) -> None:
+        """``error``: what went wrong, as the user should read it (``"NumericalError: ..."``)."""
         self.path.mkdir(parents=True, exist_ok=True)
-        self._append(self.path / FAILED, {"index": index, "prompt": prompt, "error": f"{type(error).__name__}: {error}"})
+        self._append(self.path / FAILED, {"index": index, "prompt": prompt, "error": error})
 
     @staticmethod
     def _append(path: Path, record: dict) -> None:

@@ -26,6 +26,7 @@ import json
 import logging
 import os
 import re
+from dataclasses import dataclass
 from typing import Any, Sequence
 
 import torch
@@ -101,6 +102,25 @@ def _apply_mask(tensor: Tensor, mask: Tensor) -> Tensor:
             f"text conditioning: attention_mask {tuple(mask.shape)} does not fit embeddings {tuple(tensor.shape)}."
         )
     return tensor * mask.to(tensor.dtype).unsqueeze(-1)
+
+
+@dataclass(frozen=True)
+class PackedText:
+    """An embedding without its trailing zero rows, to ship between processes (a few hundred KB
+    instead of 8 MB for a 512 x 4096 float32 context); ``unpack`` restores it bit for bit."""
+
+    rows: Tensor   # [1, n, D]
+    length: int    # the token count it came with (512)
+
+    @classmethod
+    def pack(cls, text: Tensor) -> "PackedText":
+        padding = ((text == 0) & ~torch.signbit(text)).all(dim=-1).all(dim=0)  # [L]: rows of +0.0 only
+        real = (~padding).nonzero()
+        n = int(real.max()) + 1 if len(real) else 0
+        return cls(text[:, :n].clone(), text.shape[1])
+
+    def unpack(self) -> Tensor:
+        return F.pad(self.rows, (0, 0, 0, self.length - self.rows.shape[1]))
 
 
 def clean_prompt(text: str) -> str:
@@ -226,7 +246,7 @@ class UMT5TextEncoder:
         ids, mask = self.tokenize(prompts)
         ids, mask = ids.to(self.device), mask.to(self.device)
         hidden = self.model(input_ids=ids, attention_mask=mask).last_hidden_state.float()
-        return hidden * mask.unsqueeze(-1).float()
+        return hidden.masked_fill(~mask.bool().unsqueeze(-1), 0.0)  # +0.0 rows, so PackedText is exact
 
 
 def _require_folder(path: str, what: str) -> None:

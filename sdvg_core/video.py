@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import io
 import os
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -19,44 +21,75 @@ def to_uint8(frames: torch.Tensor) -> np.ndarray:
     return (frames.clamp(0, 1) * 255).round().to(torch.uint8).cpu().numpy()
 
 
-def write_video(frames: torch.Tensor, path: str | os.PathLike, fps: int = WAN_FPS) -> Path:
-    """Write ``frames`` ([T, H, W, 3], 0..1) and return the path actually written.
+@dataclass(frozen=True)
+class EncodedVideo:
+    """A video file's bytes and its suffix: what a Ray worker hands the one writer."""
 
-    Tries ``path`` as mp4 (libx264, then mpeg4); if PyAV or both encoders are missing,
-    writes ``path`` with a ``.webp`` suffix instead.
-    """
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
+    data: bytes
+    suffix: str  # ".mp4", or ".webp" where no mp4 encoder exists
+
+
+def encode_video(frames: torch.Tensor, fps: int = WAN_FPS) -> EncodedVideo:
+    """``frames`` ([T, H, W, 3], 0..1) as H.264 mp4 through PyAV (libx264, then mpeg4), or as an
+    animated WebP when PyAV or both encoders are missing. The same frames give the same bytes."""
     data = to_uint8(frames)
-    if path.suffix.lower() == ".mp4":
-        for codec in ("libx264", "mpeg4"):
-            try:
-                _write_mp4(data, path, fps, codec)
-                return path
-            except Exception:  # noqa: BLE001 - no PyAV, or this encoder is not built in
-                path.unlink(missing_ok=True)
-        path = path.with_suffix(".webp")
+    for codec in ("libx264", "mpeg4"):
+        try:
+            return EncodedVideo(_mp4_bytes(data, fps, codec), ".mp4")
+        except Exception:  # noqa: BLE001 - no PyAV, or this encoder is not built in
+            pass
     images = [Image.fromarray(f) for f in data]
-    images[0].save(path, save_all=True, append_images=images[1:], duration=round(1000 / fps),
+    buffer = io.BytesIO()
+    images[0].save(buffer, format="WEBP", save_all=True, append_images=images[1:], duration=round(1000 / fps),
                    loop=0, lossless=False, quality=90)
+    return EncodedVideo(buffer.getvalue(), ".webp")
+
+
+def write_video(frames: torch.Tensor, path: str | os.PathLike, fps: int = WAN_FPS) -> Path:
+    """Write ``frames`` to ``path`` (mp4; ``.webp`` suffix if no encoder exists); returns the path written."""
+    video = encode_video(frames, fps)
+    path = Path(path).with_suffix(video.suffix)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(video.data)
     return path
 
 
-def _write_mp4(data: np.ndarray, path: Path, fps: int, codec: str) -> None:
+# BT.601 limited range, what decoders assume for untagged SD video and what read_video undoes.
+_RGB_TO_YUV = np.array([[0.256788, 0.504129, 0.097906],
+                        [-0.148223, -0.290993, 0.439216],
+                        [0.439216, -0.367788, -0.071427]], dtype=np.float64)
+
+
+def rgb_to_yuv420p(rgb: np.ndarray) -> np.ndarray:
+    """uint8 ``[H, W, 3]`` (H, W even) -> the yuv420p planes stacked ``[H * 3 / 2, W]``.
+
+    Done here rather than by libswscale: PyAV's conversion read memory it had not written (the
+    same frames gave different mp4 bytes from run to run), and a video must be repeatable."""
+    height, width = rgb.shape[:2]
+    y = rgb.astype(np.float64) @ _RGB_TO_YUV[0] + 16
+    quads = rgb.reshape(height // 2, 2, width // 2, 2, 3).astype(np.float64).mean(axis=(1, 3))
+    u, v = (quads @ _RGB_TO_YUV[1] + 128), (quads @ _RGB_TO_YUV[2] + 128)
+    planes = [np.clip(np.rint(p), 0, 255).astype(np.uint8) for p in (y, u, v)]
+    return np.concatenate([planes[0], planes[1].reshape(height // 4, width), planes[2].reshape(height // 4, width)])
+
+
+def _mp4_bytes(data: np.ndarray, fps: int, codec: str) -> bytes:
     import av
 
     height, width = data.shape[1:3]
-    with av.open(str(path), mode="w") as container:
+    buffer = io.BytesIO()
+    with av.open(buffer, mode="w", format="mp4") as container:
         stream = container.add_stream(codec, rate=fps)
         # yuv420p needs even sizes; our sizes are multiples of 16, tiny test sizes may not be.
         stream.width, stream.height = width - width % 2, height - height % 2
         stream.pix_fmt = "yuv420p"
         for frame in data:
-            vf = av.VideoFrame.from_ndarray(frame[:stream.height, :stream.width], format="rgb24")
+            vf = av.VideoFrame.from_ndarray(rgb_to_yuv420p(frame[:stream.height, :stream.width]), format="yuv420p")
             for packet in stream.encode(vf):
                 container.mux(packet)
         for packet in stream.encode():
             container.mux(packet)
+    return buffer.getvalue()
 
 
 def count_frames(path: str | os.PathLike) -> int:

@@ -66,13 +66,13 @@ def test_a_broken_model_file_is_named(files, tmp_path, capsys):
 @pytest.fixture()
 def nothing_loads(monkeypatch):
     """Fail the test if a model or the text encoder is loaded."""
-    from sdvg_core import generate
+    from sdvg_core.worker import Worker
 
     def refuse(*_args, **_kwargs):
         pytest.fail("a model was loaded before the inputs were checked")
 
-    monkeypatch.setattr(generate, "encode_prompts", refuse)
-    monkeypatch.setattr(generate, "load_models", refuse)
+    monkeypatch.setattr(Worker, "encode", refuse)
+    monkeypatch.setattr(Worker, "load", refuse)
 
 
 def test_an_unusable_out_is_refused_before_loading(files, tmp_path, capsys, nothing_loads):
@@ -134,17 +134,17 @@ def test_a_rerun_skips_what_is_done_and_never_duplicates(files, tmp_path, capsys
 
 
 def test_a_failed_prompt_leaves_nothing_and_the_batch_goes_on(files, tmp_path, monkeypatch, capsys):
-    from sdvg_core import generate
+    from sdvg_core import worker
     from sdvg_core.errors import NumericalError
 
-    real = generate.generate_one
+    real = worker.generate_one
 
     def second_fails(models, prompts, config, video=None):
         if prompts.segments[0].prompt == "a cat":
             raise NumericalError("the target produced NaN in block 1")
         return real(models, prompts, config, video)
 
-    monkeypatch.setattr(generate, "generate_one", second_fails)
+    monkeypatch.setattr(worker, "generate_one", second_fails)
     prompts = tmp_path / "prompts.txt"
     prompts.write_text("a fox\na cat\na dog\n")
     out = tmp_path / "out"
@@ -155,16 +155,16 @@ def test_a_failed_prompt_leaves_nothing_and_the_batch_goes_on(files, tmp_path, m
 
 
 def test_ctrl_c_ends_with_one_line(files, tmp_path, monkeypatch, capsys):
-    from sdvg_core import generate
+    from sdvg_core import worker
 
-    real = generate.generate_one
+    real = worker.generate_one
 
     def interrupted_on_the_second(models, prompts, config, video=None):
         if prompts.segments[0].prompt == "a cat":
             raise KeyboardInterrupt
         return real(models, prompts, config, video)
 
-    monkeypatch.setattr(generate, "generate_one", interrupted_on_the_second)
+    monkeypatch.setattr(worker, "generate_one", interrupted_on_the_second)
     prompts = tmp_path / "prompts.txt"
     prompts.write_text("a fox\na cat\n")
     out = tmp_path / "out"

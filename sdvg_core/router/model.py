@@ -13,7 +13,7 @@ from typing import Any, Mapping
 
 import torch
 from torch import Tensor, nn
-from transformers import BlipTextModel, BlipVisionConfig, BlipVisionModel
+from transformers import BlipTextModel, BlipVisionModel
 
 from ..errors import InputError
 from .checkpoint import HEAD_WIDTHS, RouterFiles, check_parts, inspect_folder, load_into
