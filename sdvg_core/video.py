@@ -54,37 +54,21 @@ def write_video(frames: torch.Tensor, path: str | os.PathLike, fps: int = WAN_FP
     return path
 
 
-# BT.601 limited range, what decoders assume for untagged SD video and what read_video undoes.
-_RGB_TO_YUV = np.array([[0.256788, 0.504129, 0.097906],
-                        [-0.148223, -0.290993, 0.439216],
-                        [0.439216, -0.367788, -0.071427]], dtype=np.float64)
-
-
-def rgb_to_yuv420p(rgb: np.ndarray) -> np.ndarray:
-    """uint8 ``[H, W, 3]`` (H, W even) -> the yuv420p planes stacked ``[H * 3 / 2, W]``.
-
-    Done here rather than by libswscale: PyAV's conversion read memory it had not written (the
-    same frames gave different mp4 bytes from run to run), and a video must be repeatable."""
-    height, width = rgb.shape[:2]
-    y = rgb.astype(np.float64) @ _RGB_TO_YUV[0] + 16
-    quads = rgb.reshape(height // 2, 2, width // 2, 2, 3).astype(np.float64).mean(axis=(1, 3))
-    u, v = (quads @ _RGB_TO_YUV[1] + 128), (quads @ _RGB_TO_YUV[2] + 128)
-    planes = [np.clip(np.rint(p), 0, 255).astype(np.uint8) for p in (y, u, v)]
-    return np.concatenate([planes[0], planes[1].reshape(height // 4, width), planes[2].reshape(height // 4, width)])
-
-
 def _mp4_bytes(data: np.ndarray, fps: int, codec: str) -> bytes:
     import av
 
     height, width = data.shape[1:3]
     buffer = io.BytesIO()
     with av.open(buffer, mode="w", format="mp4") as container:
-        stream = container.add_stream(codec, rate=fps)
+        # x264's macroblock tree gave the same frames different bytes from run to run (measured:
+        # 2 of 40 encodes in one process differed; 0 of 60 with it off), and a video must repeat.
+        options = {"x264-params": "mbtree=0"} if codec == "libx264" else {}
+        stream = container.add_stream(codec, rate=fps, options=options)
         # yuv420p needs even sizes; our sizes are multiples of 16, tiny test sizes may not be.
         stream.width, stream.height = width - width % 2, height - height % 2
         stream.pix_fmt = "yuv420p"
         for frame in data:
-            vf = av.VideoFrame.from_ndarray(rgb_to_yuv420p(frame[:stream.height, :stream.width]), format="yuv420p")
+            vf = av.VideoFrame.from_ndarray(np.ascontiguousarray(frame[:stream.height, :stream.width]), format="rgb24")
             for packet in stream.encode(vf):
                 container.mux(packet)
         for packet in stream.encode():
