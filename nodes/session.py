@@ -77,7 +77,7 @@ def start_session(*, drafter, target, vae, router, positive, prompt: str, config
     session = SDVGSession(
         drafter=networks.get("drafter"), target=networks.get("target"), vae=stream,
         scorer=router.scorer if "router" in needed else None, prompts=prompts, video=video, config=config,
-        on_block=block_reporter(node_id, config), check_interrupt=host.check_interrupt)
+        on_block=block_reporter(node_id), check_interrupt=host.check_interrupt)
     return session, models
 
 
@@ -97,11 +97,12 @@ def prompt_schedule(positive, prompt: str, text_dim: int) -> PromptSchedule:
     return PromptSchedule(segments)
 
 
-def block_payload(stats, tau: float, num_blocks: int, node_id: str | None) -> dict:
-    """What the web timeline needs of one committed block (JSON-safe)."""
+def block_payload(stats, num_blocks: int, node_id: str | None) -> dict:
+    """What the web timeline needs of one committed block (JSON-safe). The tau is the block's own,
+    as in stats.json: None for a block the router did not judge."""
     d = stats.to_dict() if hasattr(stats, "to_dict") else dict(stats)
     return {
-        "node": node_id, "block": d["block"], "num_blocks": num_blocks, "tau": tau,
+        "node": node_id, "block": d["block"], "num_blocks": num_blocks, "tau": d.get("tau"),
         "decision": d["decision"], "aggregate": d.get("aggregate"),
         "scores": list(d.get("scores") or []), "scoring": d.get("scoring"), "prompt": d.get("prompt"),
         "seconds": (d.get("seconds") or {}).get("total"),
@@ -113,11 +114,11 @@ def to_pil(frame: torch.Tensor) -> Image.Image:
     return Image.fromarray((frame.clamp(0, 1) * 255).round().to(torch.uint8).cpu().numpy())
 
 
-def block_reporter(node_id: str | None, config: SDVGConfig):
+def block_reporter(node_id: str | None):
     """The session's on_block: progress bar with a preview, and the live timeline message."""
     def report(event: BlockEvent) -> None:
         host.progress(event.block + 1, event.num_blocks, to_pil(event.preview))
-        host.send(BLOCK_EVENT, block_payload(event.stats, config.tau, event.num_blocks, node_id))
+        host.send(BLOCK_EVENT, block_payload(event.stats, event.num_blocks, node_id))
     return report
 
 
@@ -141,7 +142,7 @@ def stats_json(result: SDVGResult, config: SDVGConfig, prompt: str) -> str:
 def outputs(result: SDVGResult, config: SDVGConfig, prompt: str, node_id=None) -> dict:
     """(frames IMAGE, LATENT, stats STRING, timeline IMAGE) plus the blocks for the web timeline."""
     frames = result.frames.float().cpu().contiguous()
-    blocks = [block_payload(b, config.tau, len(result.blocks), node_id) for b in result.blocks]
+    blocks = [block_payload(b, len(result.blocks), node_id) for b in result.blocks]
     return {
         "ui": {UI_BLOCKS: blocks},
         "result": (frames, latent_output(result), stats_json(result, config, prompt),

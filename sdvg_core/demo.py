@@ -57,7 +57,7 @@ def main(args) -> int:
     def show(event):
         s = event.stats
         score = "" if s.aggregate is None else f"  worst-frame score {s.aggregate:+.3f} (tau {config.tau:+.3f})"
-        print(f"block {event.block + 1}/{event.num_blocks}: {s.decision:<8}{score}")
+        print(f"block {event.block} of 0-{event.num_blocks - 1}: {s.decision:<8}{score}")
 
     session = SDVGSession(**system.session_kwargs(), config=config, on_block=show)
     result = session.run()

@@ -120,8 +120,8 @@ def test_every_shipped_workflow_runs(workflow_videos, path):
 
 
 def test_the_modular_loop_gives_the_composite_video(workflow_videos):
-    composite = workflow_videos["sdvg_sampler.json"][3].astype(np.int16)
-    modular = workflow_videos["sdvg_modular_loop.json"][3].astype(np.int16)
+    composite = workflow_videos["SDVG text to video.json"][3].astype(np.int16)
+    modular = workflow_videos["SDVG modular block loop.json"][3].astype(np.int16)
     # The same frames, through a lossy h264 encode each: allow its rounding (the loop itself is
     # bit-identical modular vs composite: tests/test_speculative.py and tests/test_workflows.py).
     assert np.abs(composite - modular).mean() < 0.5

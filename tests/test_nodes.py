@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import os
 import shutil
 import sys
 import types
@@ -255,8 +256,9 @@ def test_loader_errors_name_the_file(models_dir):
             call("SDVGLoadTarget", broken.name, "ema", "default")
         with pytest.raises(CheckpointError, match="a_vae_not_a_dit.safetensors"):
             call("SDVGLoadTarget", wrong.name, "ema", "default")
-        with pytest.raises(MissingFileError, match="med_config.json"):
+        with pytest.raises(MissingFileError, match="med_config.json") as missing:
             call("SDVGLoadRouter", "incomplete/ImageReward.pt", "fp32")
+        assert f"in {bad_router}{os.sep}." in str(missing.value), "the fix names the chosen sub-folder"
     finally:
         for path in (broken, wrong):
             path.unlink()

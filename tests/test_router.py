@@ -460,7 +460,8 @@ def test_each_missing_file_is_named(checkpoint, tmp_path, name):
     with pytest.raises(MissingFileError) as error:
         ImageRewardScorer.from_folder(copy)
     message = str(error.value)
-    assert os.path.join(copy, name) in message and "models/image_reward" in message
+    assert os.path.join(copy, name) in message and "Put ImageReward.pt" in message
+    assert message.endswith(f"in {copy}{os.sep}."), "the fix names the folder that was read"
     others = {"ImageReward.pt", "med_config.json", "bert-base-uncased"} - {name}
     assert not any(os.path.join(copy, other) in message for other in others)
 

@@ -103,42 +103,57 @@ def test_web_extension_math_agrees_with_python():
 
 
 EXTENSION_HARNESS = r"""
-// Stand-ins for ComfyUI's app/api and a LiteGraph node, enough to drive web/sdvg_timeline.js.
+// Stand-ins for the browser's canvas, ComfyUI's app/api and a LiteGraph node, enough to drive
+// web/sdvg_timeline.js: every draw of the timeline's canvas is recorded.
+let draws = [];
+const context = { save() {}, restore() {}, clearRect() {}, setTransform() {}, beginPath() {}, moveTo() {},
+  lineTo() {}, stroke() {}, setLineDash() {}, strokeRect() {},
+  fillText(t) { draws.at(-1).texts.push(t); },
+  fillRect(x, y, w, h) { draws.at(-1).rects.push([this.fillStyle, this.globalAlpha]); } };
+globalThis.document = { createElement: (tag) => ({ tag, style: {}, dataset: {}, clientWidth: 400, clientHeight: 96,
+  getContext() { draws.push({ texts: [], rects: [] }); return context; } }) };
 import { app } from "./scripts/app.js";
 import { api } from "./scripts/api.js";
 await import("./extensions/pack/sdvg_timeline.js");
 const extension = app.extensions[0];
 class Node {
-  constructor() { this.id = 5; this.size = [300, 200]; this.flags = {}; this.redraws = 0;
-    this.widgets = [{ name: "seed", value: 1 }, { name: "tau", value: -0.7, callback: null }]; }
-  computeSize() { return [300, 200]; }
+  constructor() { this.id = 5; this.size = [300, 200]; this.widgets = [{ name: "seed", value: 1 },
+    { name: "tau", value: -0.7, callback: null }]; this.domWidgets = []; }
+  addDOMWidget(name, type, element, options) { const w = { name, type, element, options };
+    this.domWidgets.push(w); return w; }
+  computeSize() { return [300, 200 + this.domWidgets.map((w) => w.options.getMinHeight()).reduce((a, b) => a + b, 0)]; }
   setSize(size) { this.size = size; }
-  setDirtyCanvas() { this.redraws += 1; }
 }
 await extension.beforeRegisterNodeDef(Node, { name: "SDVGSampler" });
 const node = new Node();
 node.onNodeCreated();
 app.graph = { getNodeById: (id) => (id === 5 ? node : null) };
 extension.setup();
-const draw = () => {
-  const texts = [], rects = [];
-  const ctx = { save() {}, restore() {}, beginPath() {}, moveTo() {}, lineTo() {}, stroke() {},
-    setLineDash() {}, strokeRect() {}, fillText(t) { texts.push(t); },
-    fillRect(x, y, w, h) { rects.push([this.fillStyle, this.globalAlpha]); } };
-  node.onDrawForeground(ctx);
-  return { texts, rects };
-};
-const out = { empty: draw().texts, size: node.computeSize() };
+const canvas = node.domWidgets[0].element;
+const last = () => ({ ...draws.at(-1), blocks: canvas.dataset.blocks, total: canvas.dataset.total });
+const out = { widget: { name: node.domWidgets[0].name, serialize: node.domWidgets[0].options.serialize },
+  size: node.size, empty: last() };
+const before = draws.length;
 for (const detail of DETAILS) api.emit("sdvg.block", { detail });
-out.redrawsAfterBlocks = node.redraws;
-out.atDefault = draw();
+out.drawsForBlocks = draws.length - before;
+out.atDefault = last();
 const tau = node.widgets[1];
 tau.value = -1.5;
 tau.callback(-1.5);
-out.redrawsAfterTau = node.redraws;
-out.atLowerTau = draw().texts;
+out.atLowerTau = last();
+const saved = {};
+node.onSerialize(saved);
+out.saved = saved;
+const reloaded = new Node();
+reloaded.onNodeCreated();
+reloaded.size = [300, 100]; // a size saved before the timeline existed
+reloaded.onConfigure(saved);
+out.reloaded = { ...draws.at(-1), blocks: reloaded.domWidgets[0].element.dataset.blocks, size: reloaded.size };
 node.onExecuted({ sdvg_blocks: [DETAILS[0]] });
-out.afterExecuted = draw().texts;
+out.afterExecuted = last();
+const blank = {};
+new Node().onSerialize?.(blank);
+out.blankSaved = blank;
 console.log(JSON.stringify(out));
 """
 EXTENSION_APP = """
@@ -164,23 +179,31 @@ def test_web_extension_draws_the_timeline_and_follows_the_tau_slider(tmp_path):
     (tmp_path / "scripts").mkdir()
     (tmp_path / "scripts" / "app.js").write_text(EXTENSION_APP)
     (tmp_path / "scripts" / "api.js").write_text(EXTENSION_API)
-    details = [node_session.block_payload(s, -0.7, 3, "5") for s in (
+    details = [node_session.block_payload(s, 3, "5") for s in (
         BlockStats(block=0, decision="target"),
-        BlockStats(block=1, decision="accepted", scores=[0.5, 0.9], aggregate=0.5),
-        BlockStats(block=2, decision="rejected", scores=[-1.0, 0.3], aggregate=-1.0))]
+        BlockStats(block=1, decision="accepted", scores=[0.5, 0.9], aggregate=0.5, tau=-0.7),
+        BlockStats(block=2, decision="rejected", scores=[-1.0, 0.3], aggregate=-1.0, tau=-0.7))]
+    assert [d["tau"] for d in details] == [None, -0.7, -0.7], "each block carries its own tau, as in stats.json"
     harness = tmp_path / "harness.mjs"
     harness.write_text(EXTENSION_HARNESS.replace("DETAILS", json.dumps(details)))
     done = subprocess.run(["node", str(harness)], cwd=tmp_path, capture_output=True, text=True, timeout=60)
     assert done.returncode == 0, done.stderr
     out = json.loads(done.stdout)
-    assert out["empty"] == ["SDVG timeline: run the graph"]
-    assert out["size"][1] > 200, "the node grows to make room for the timeline"
-    assert out["redrawsAfterBlocks"] >= 3
-    texts, rects = out["atDefault"]["texts"], out["atDefault"]["rects"]
-    assert "at tau -0.70: 1/2 accepted (50%)" in texts
+    assert out["widget"] == {"name": "sdvg_timeline", "serialize": False}, "a DOM widget, not a prompt input"
+    assert out["size"][1] > 200 and out["size"][0] >= 380, "the node grows to make room for the timeline"
+    assert out["empty"]["texts"] == ["SDVG timeline: run the graph"] and out["empty"]["total"] == "0"
+    assert out["drawsForBlocks"] == 3, "one redraw per committed block"
     hexes = {"#%02x%02x%02x" % rgb: name for name, rgb in DECISION_COLOURS.items()}
-    drawn = {hexes[colour] for colour, alpha in rects if colour in hexes and alpha == 1}
-    assert drawn == {"target", "accepted", "rejected"}
-    assert out["redrawsAfterTau"] > out["redrawsAfterBlocks"]
-    assert "at tau -1.50: 2/2 accepted (100%)" in out["atLowerTau"]
-    assert "no scored blocks yet" in out["afterExecuted"]
+
+    def drawn(state):
+        return {hexes[colour] for colour, alpha in state["rects"] if colour in hexes and alpha == 1}
+
+    assert out["atDefault"]["texts"] == ["at tau -0.70: 1/2 accepted (50%)"]
+    assert (out["atDefault"]["blocks"], out["atDefault"]["total"]) == ("3", "3")
+    assert drawn(out["atDefault"]) == {"target", "accepted", "rejected"}
+    assert out["atLowerTau"]["texts"] == ["at tau -1.50: 2/2 accepted (100%)"], "the slider re-estimates"
+    assert out["saved"]["sdvg_timeline"] == {"blocks": details, "num_blocks": 3}
+    assert out["reloaded"]["blocks"] == "3" and drawn(out["reloaded"]) == {"target", "accepted", "rejected"}
+    assert out["reloaded"]["size"][1] > 200, "a small saved size grows to fit the timeline"
+    assert out["afterExecuted"]["blocks"] == "1" and "no scored blocks yet" in out["afterExecuted"]["texts"][0]
+    assert out["blankSaved"] == {}, "a node that never ran saves nothing extra"

@@ -1,4 +1,4 @@
-"""The shipped workflows (workflows/*.json, ComfyUI's UI format) are valid and run.
+"""The shipped workflows (example_workflows/*.json, ComfyUI's UI format) are valid and run.
 
 Checked without ComfyUI: every node type is the pack's or a named core node; widget values
 match INPUT_TYPES (seed widgets carry an extra control value); every link's type matches the

@@ -36,11 +36,17 @@ TOKENIZER_FILES = ("vocab.txt", "tokenizer.json")  # either one is enough
 BERT_VOCAB_SIZE = 30522  # bert-base-uncased; anything smaller is the offline fallback trap
 HEAD_WIDTHS = (1024, 128, 64, 16, 1)  # ImageReward's MLP after the 768-wide [CLS] feature
 BLIP_VITS = {768: ("ViT-B/16", 12), 1024: ("ViT-L/16", 16)}  # width -> (name, heads of 64)
-WHERE_TO_PUT = (
-    "Put ImageReward.pt and med_config.json (huggingface.co/THUDM/ImageReward) and a "
-    "bert-base-uncased/ folder holding vocab.txt (huggingface.co/google-bert/bert-base-uncased) "
-    "in ComfyUI/models/image_reward/."
-)
+
+
+def where_to_put(folder: str | None = None) -> str:
+    """The fix for a bad router folder; it names the folder that was read when there is one."""
+    place = folder.rstrip("/\\") + os.sep if folder else "ComfyUI/models/image_reward/ (or a sub-folder of it)"
+    return ("Put ImageReward.pt and med_config.json (huggingface.co/THUDM/ImageReward) and a "
+            "bert-base-uncased/ folder holding vocab.txt (huggingface.co/google-bert/bert-base-uncased) "
+            f"in {place}.")
+
+
+WHERE_TO_PUT = where_to_put()
 
 # Tensors of an ImageReward checkpoint that its scoring forward never reads:
 # BLIP_Pretrain's contrastive projections and BERT's position_ids buffer (always arange).
@@ -237,6 +243,13 @@ class RouterFiles:
 
 def inspect_folder(folder: str) -> RouterFiles:
     """Read and check the router folder without loading a weight (see the module docstring)."""
+    try:
+        return _inspect_folder(folder)
+    except (CheckpointError, MissingFileError) as error:  # the fix names the folder the user chose
+        raise type(error)(str(error).replace(WHERE_TO_PUT, where_to_put(folder))) from error.__cause__
+
+
+def _inspect_folder(folder: str) -> RouterFiles:
     paths = {name: os.path.join(folder, name) for name in (CHECKPOINT_FILE, MED_CONFIG_FILE, TOKENIZER_DIR)}
     missing = [p + (os.sep if n == TOKENIZER_DIR else "") for n, p in paths.items()
                if not (os.path.isdir(p) if n == TOKENIZER_DIR else os.path.isfile(p))]
