@@ -9,9 +9,9 @@ from .sampler import SDVGSampler
 
 # node type -> (class, display name)
 _NODES = {
-    "SDVGLoadDrafter": (LoadDrafter, "Load Drafter"),
-    "SDVGLoadTarget": (LoadTarget, "Load Target"),
-    "SDVGLoadRouter": (LoadImageRewardRouter, "Load ImageReward Router"),
+    "SDVGLoadDrafter": (LoadDrafter, "SDVG Load Drafter"),
+    "SDVGLoadTarget": (LoadTarget, "SDVG Load Target"),
+    "SDVGLoadRouter": (LoadImageRewardRouter, "SDVG Load ImageReward Router"),
     "SDVGEncodePrompt": (SDVGEncodePrompt, "SDVG Encode Prompt"),
     "SDVGPromptSchedule": (SDVGPromptSchedule, "SDVG Prompt Schedule"),
     "SDVGSampler": (SDVGSampler, "SDVG Sampler"),

@@ -144,10 +144,11 @@ def test_categories_and_display_names():
     for name in ("SDVGLoadDrafter", "SDVGLoadTarget", "SDVGLoadRouter"):
         assert MAPPINGS[name].CATEGORY == "SDVG/loaders"
     titles = set(DISPLAY.values())
-    for title in ("Load Drafter", "Load Target", "Load ImageReward Router", "SDVG Sampler",
+    for title in ("SDVG Load Drafter", "SDVG Load Target", "SDVG Load ImageReward Router", "SDVG Sampler",
                   "SDVG Begin", "SDVG Finish"):
         assert title in titles
-    for name in MODULAR:  # every step node comes up when a user searches "SDVG"
+    assert "SDVG Verify Draft" in titles, "not to be confused with the router's loader"
+    for name in MAPPINGS:  # every node comes up when a user searches "SDVG"
         assert DISPLAY[name].startswith("SDVG ")
 
 

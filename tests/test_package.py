@@ -28,3 +28,24 @@ def test_registry_metadata_matches_requirements():
     assert not any(d.split("=")[0].split(">")[0].split("<")[0].strip() == "torch" for d in meta["project"]["dependencies"])
     comfy = meta["tool"]["comfy"]
     assert {"PublisherId", "DisplayName", "Icon"} <= set(comfy)
+
+
+def test_licence_is_declared_and_shipped(tmp_path):
+    """The code's licence (GPL-3.0, as ComfyUI) is in LICENSE and in the built wheel's metadata;
+    the wheel holds the engine and nothing of the ComfyUI side."""
+    import shutil
+    import subprocess
+    import zipfile
+
+    assert (ROOT / "LICENSE").read_text().startswith("                    GNU GENERAL PUBLIC LICENSE\n                       Version 3")
+    source = tmp_path / "source"  # a copy: setuptools writes build/ beside pyproject.toml
+    shutil.copytree(ROOT, source, ignore=shutil.ignore_patterns(".*", "__pycache__", "out", "bench-results", "build"))
+    subprocess.run([sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "--no-build-isolation", str(source),
+                    "-w", str(tmp_path / "dist")], check=True, timeout=300, capture_output=True)
+    (wheel,) = (tmp_path / "dist").glob("comfyui_sdvg-*.whl")
+    with zipfile.ZipFile(wheel) as archive:
+        names = archive.namelist()
+        metadata = archive.read(next(n for n in names if n.endswith(".dist-info/METADATA"))).decode()
+    assert "License-Expression: GPL-3.0-only" in metadata
+    assert any(n.endswith("licenses/LICENSE") for n in names)
+    assert "sdvg_core/speculative.py" in names and not any(n.startswith("nodes/") for n in names)
