@@ -18,6 +18,8 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import urllib.parse
+import urllib.request
 
 import numpy as np
 import pytest
@@ -89,6 +91,11 @@ def test_comfyui_registers_the_pack(server):
     assert any(url.endswith(f"/{comfyui.PACK_FOLDER}/sdvg_timeline.js") for url in server.get("/extensions"))
     templates = server.get("/workflow_templates").get(comfyui.PACK_FOLDER, [])
     assert sorted(templates) == sorted(p.stem for p in support.WORKFLOWS)
+    for path in support.WORKFLOWS:  # the thumbnail the template browser asks for
+        url = server.url(f"/api/workflow_templates/{comfyui.PACK_FOLDER}/{urllib.parse.quote(path.stem)}.jpg")
+        with urllib.request.urlopen(url, timeout=60) as response:
+            assert response.headers["Content-Type"] == "image/jpeg"
+            assert response.read() == path.with_suffix(".jpg").read_bytes()
 
 
 @pytest.fixture(scope="module")

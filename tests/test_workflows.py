@@ -15,6 +15,7 @@ import json
 import math
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
@@ -73,6 +74,20 @@ def test_ui_format_and_node_types(path, mappings):
         node_schema(node["type"], mappings)  # raises for an unknown type
     orders = sorted(n["order"] for n in wf["nodes"])
     assert orders == list(range(len(ids)))
+
+
+@pytest.mark.parametrize("path", WORKFLOWS, ids=lambda p: p.name)
+def test_template_has_a_thumbnail_and_ships_no_run(path):
+    """ComfyUI's template browser titles a pack's template by its file name and shows
+    <name>.jpg beside it (made from the browser test's screenshots: tests/browser/pictures.py);
+    a shipped workflow carries no timeline of a past run."""
+    from PIL import Image
+
+    assert path.stem[0].isupper() and "_" not in path.stem, "the file name is the template's title"
+    with Image.open(path.with_suffix(".jpg")) as picture:
+        assert picture.format == "JPEG" and picture.size == (512, 384)
+        assert len(np.unique(np.asarray(picture.convert("L")))) > 50, "a screenshot, not a blank"
+    assert all("sdvg_timeline" not in node for node in load(path)["nodes"])
 
 
 @pytest.mark.parametrize("path", WORKFLOWS, ids=lambda p: p.name)

@@ -18,7 +18,7 @@ from PIL import Image
 ROOT = Path(__file__).resolve().parents[2]
 CANVAS = (33, 33, 33)  # ComfyUI's dark canvas
 CHROME = (70, 80, 1800, 1000)  # the part of a 1920x1080 screenshot under the menus and toolbars
-THUMBNAIL_WIDTH = 640
+THUMBNAIL = (512, 384)  # the template browser shows a 4:3 card
 README_WIDTH = 1400
 
 
@@ -35,10 +35,25 @@ def graph_crop(path: Path, pad: int = 16) -> Image.Image:
     return image.crop(box)
 
 
+def without_dark_bottom(image: Image.Image) -> Image.Image:
+    """A close-up that runs past the page's bottom edge ends in black rows: cut them."""
+    pixels = np.asarray(image).astype(int)
+    lit = np.flatnonzero(pixels.max(axis=(1, 2)) > 40)
+    return image.crop((0, 0, image.width, int(lit[-1]) + 1)) if len(lit) else image
+
+
 def fit_width(image: Image.Image, width: int) -> Image.Image:
     if image.width <= width:
         return image
     return image.resize((width, round(image.height * width / image.width)), Image.LANCZOS)
+
+
+def thumbnail(graph: Image.Image) -> Image.Image:
+    """The middle of the graph (where the SDVG node sits) at the card's aspect ratio."""
+    width = min(graph.width, round(graph.height * THUMBNAIL[0] / THUMBNAIL[1]))
+    height = min(graph.height, round(width * THUMBNAIL[1] / THUMBNAIL[0]))
+    left, top = (graph.width - width) // 2, (graph.height - height) // 2
+    return graph.crop((left, top, left + width, top + height)).resize(THUMBNAIL, Image.LANCZOS)
 
 
 def main(shots: Path) -> None:
@@ -47,7 +62,7 @@ def main(shots: Path) -> None:
     for workflow in sorted((ROOT / "example_workflows").glob("*.json")):
         after_run = shots / f"{workflow.stem}.after_run.png"
         graph = graph_crop(after_run)
-        fit_width(graph, THUMBNAIL_WIDTH).save(workflow.with_suffix(".jpg"), quality=88)
+        thumbnail(graph).save(workflow.with_suffix(".jpg"), quality=88)
         slug = workflow.stem.lower().replace(" ", "-")
         fit_width(graph, README_WIDTH).save(images / f"{slug}.jpg", quality=88)
         print(f"{workflow.with_suffix('.jpg').relative_to(ROOT)}, docs/images/{slug}.jpg from {after_run.name}")
@@ -55,7 +70,7 @@ def main(shots: Path) -> None:
                       ("SDVG modular block loop.after_reload.png", None)):
         source = shots / name
         if out:  # a node at 125%, as the screenshot has it
-            Image.open(source).convert("RGB").save(images / out, optimize=True)
+            without_dark_bottom(Image.open(source).convert("RGB")).save(images / out, optimize=True)
         else:
             fit_width(graph_crop(source), README_WIDTH).save(images / "modular-after-reload.jpg", quality=88)
         print(f"docs/images/{out or 'modular-after-reload.jpg'} from {name}")
