@@ -126,6 +126,19 @@ def compute_device() -> torch.device:
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
 
+def total_memory(device: torch.device) -> int | None:
+    """A GPU's whole memory (what SDVG's caches could have if ComfyUI streamed every weight);
+    None on the CPU, whose memory the OS manages."""
+    device = torch.device(device)
+    if device.type == "cpu":
+        return None
+    if IN_COMFYUI:
+        return int(model_management.get_total_memory(device))
+    if device.type == "cuda" and torch.cuda.is_available():
+        return torch.cuda.get_device_properties(device).total_memory
+    return None
+
+
 def storage_device() -> torch.device:
     """Where loaders put weights: ComfyUI's offload device (it moves them in before a run)."""
     if IN_COMFYUI:

@@ -12,7 +12,7 @@ from PIL import Image
 
 from sdvg_core.config import SDVGConfig
 from sdvg_core.errors import InputError
-from sdvg_core.runner import cache_bytes
+from sdvg_core.memory import session_plan
 from sdvg_core.prompts import PromptSchedule, Segment, format_schedule
 from sdvg_core.speculative import BlockEvent, SDVGResult, SDVGSession, check_input_video
 from sdvg_core.text import pad_text
@@ -27,7 +27,6 @@ from .prompt import PROMPT_KEY, SEGMENT_KEY
 BLOCK_EVENT = "sdvg.block"          # websocket message the web/ extension listens for
 UI_BLOCKS = "sdvg_blocks"           # key of the blocks in a node's "ui" output
 TIMELINE_SIZE = (768, 256)
-_ACTIVATION_MARGIN = 1.25           # KV caches are most of the extra memory; keep headroom
 
 
 @dataclass
@@ -68,9 +67,15 @@ def start_session(*, drafter, target, vae, router, positive, prompt: str, config
     prompts.check(config.num_blocks)
     if config.strength < 1:
         check_input_video(video, config)
-    caches = sum(cache_bytes(n.cfg, config.latent_hw, n.compute_dtype) for n in networks.values())
+    # What ComfyUI cannot see beside the weights it places: caches and activations (sdvg_core/memory.py).
+    # Even with every weight streamed from the CPU this much must fit: checked before loading.
+    device = host.compute_device()
+    plan = session_plan(config, device=device, compute_dtype=next(iter(networks.values())).compute_dtype,
+                        vae_dtype=stream.dtype, weights=False, prompts=len(prompts.segments),
+                        **{role: network.cfg for role, network in networks.items()})
+    plan.check(host.total_memory(device), what="SDVG beside its models")
     used = [inputs[role] for role in networks] + [vae] + ([router] if "router" in needed else [])
-    models = HostModels([patcher_of(m) for m in used], int(caches * _ACTIVATION_MARGIN))
+    models = HostModels([patcher_of(m) for m in used], plan.beside_weights)
     models.ensure_loaded()
     # After loading: ComfyUI may have patched a model's compute dtype.
     networks = {role: wan_network(inputs[role], role) for role in networks}

@@ -1,4 +1,4 @@
-"""``python -m sdvg_core {demo,generate,bench,tune}``."""
+"""``python -m sdvg_core {demo,generate,bench,tune,plan}``."""
 
 from __future__ import annotations
 
@@ -13,6 +13,7 @@ COMMANDS = {
     "generate": ("sdvg_core.generate", "generate videos with real weights from local files"),
     "bench": ("sdvg_core.bench", "time target-only, draft-only and SDVG side by side"),
     "tune": ("sdvg_core.tune", "pick tau offline from the scores a generate run logged"),
+    "plan": ("sdvg_core.memory", "the memory a run needs on its GPU, and which cards it fits"),
 }
 
 

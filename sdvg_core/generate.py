@@ -157,6 +157,7 @@ def check_paths(args) -> None:
 
 def preflight(args) -> Batch:
     """Everything that can be checked without loading a model: seconds, whatever the model sizes."""
+    from .memory import files_plan, free_bytes
     from .router import inspect_folder
     from .text import UMT5TextEncoder
     from .vae import inspect_vae
@@ -188,6 +189,10 @@ def preflight(args) -> Batch:
     if width != text_dim:
         raise InputError(f"--text-encoder {args.text_encoder} embeds {width}-wide, the DiTs read {text_dim}-wide "
                          "text: use the umT5-XXL encoder the models were trained with.")
+    if args.workers == 1:  # Ray workers check their own GPU before they load (worker.py)
+        files_plan(config, device=device, compute_dtype=dtype, drafter=args.drafter, target=args.target,
+                   drafter_variant=args.drafter_variant, prompts=max(map(len, prompts.values()))
+                   ).check(free_bytes(device), what="this batch")
     settings = {"config": {k: v for k, v in asdict(config).items() if k != "accept_pattern"},
                 "video": Path(args.video).name if config.strength < 1 else None,
                 "drafter": Path(args.drafter).name, "target": Path(args.target).name, "vae": Path(args.vae).name,

@@ -15,6 +15,7 @@ from typing import Any, Callable, Iterator
 import torch
 
 from .committed import CommittedVideo
+from .memory import check_session
 from .config import SDVGConfig
 from .errors import InputError, SDVGError
 from .runner import BlockRunner
@@ -84,6 +85,7 @@ class SDVGSession:
                 raise InputError("give the prompt and its embedding (prompt=, text=), or a prompts= schedule.")
             prompts = PromptSchedule.single(prompt, text)
         prompts.check(config.num_blocks)
+        check_session(config, drafter, target, vae, prompts=len(prompts.segments))
         self.prompts, self.vae = prompts, vae
         self.on_block = on_block
         self.check_interrupt = check_interrupt or (lambda: None)

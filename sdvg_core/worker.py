@@ -83,12 +83,15 @@ class Worker:
 
     def load(self) -> None:
         """The models this mode calls (a baseline loads only its own), once per worker."""
+        from .memory import files_plan, free_bytes
         from .router import ImageRewardScorer
         from .vae import StreamingVAE
         from .wan import load_wan
 
         spec, used = self.spec, self.spec.config.models
         device, dtype = self.device, self.dtype
+        files_plan(spec.config, device=device, compute_dtype=dtype, drafter=spec.drafter, target=spec.target,
+                   drafter_variant=spec.drafter_variant).check(free_bytes(device), what="this worker's models")
         self.models = {
             "drafter": load_wan(spec.drafter, variant=spec.drafter_variant, dtype=dtype, device=device)
             if "drafter" in used else None,

@@ -354,6 +354,16 @@ def test_sampler_reserves_memory_for_the_caches(composite_real, models):
     assert len(record["released_cache_bytes"]) == 2, "the sampler frees both runners' caches"
 
 
+def test_caches_that_cannot_fit_the_gpu_are_refused_before_loading(models, positive, monkeypatch):
+    """The plan's caches and activations must fit even with every weight streamed: a card too small
+    for them is refused with the plan, before ComfyUI loads anything."""
+    monkeypatch.setattr(host, "total_memory", lambda device: 1024)
+    monkeypatch.setattr(host, "load_models", lambda *a, **k: pytest.fail("a model was loaded"))
+    with pytest.raises(InputError, match=r"SDVG beside its models needs about .* GiB is free(.|\n)*KV window"):
+        call("SDVGSampler", models["drafter"], models["target"], models["vae"], models["router"],
+             positive, PROMPT, **VIDEO)
+
+
 def test_bad_size_fails_before_any_model_runs(monkeypatch):
     monkeypatch.setattr(host, "load_models", lambda *a, **k: pytest.fail("a model was loaded"))
     not_a_model = object()
