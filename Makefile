@@ -6,7 +6,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: test demo bench venv clean
+.PHONY: test demo bench bench-gpu venv clean
 
 venv: $(STAMP)
 
@@ -24,6 +24,11 @@ demo: $(STAMP)
 
 bench: $(STAMP)
 	$(BIN)/python -m sdvg_core bench --preset cpu --out bench-results/
+
+# On a CUDA machine, with the interpreter that has its CUDA torch and requirements.txt
+# (no .venv: the CPU torch it pins cannot see a GPU). Minutes on one H100.
+bench-gpu:
+	$(PYTHON) -m sdvg_core bench --preset gpu --out bench-results/
 
 clean:
 	rm -rf $(VENV) out bench-results

@@ -38,7 +38,8 @@ class SDVGConfig:
     skip_margin: float = 0.5          # dynamic: previous block cleared tau by at least this
     skip_cosine: float = 0.99         # dynamic: drafter's last two x0 estimates agree this well
     drop_first_frames: bool = True    # drop block 0's first 3 pixel frames, as the reference does
-    exact_preprocess: bool = True     # ImageReward's PIL path; False: on-device tensor path
+    exact_preprocess: bool | None = None  # True: ImageReward's PIL path; False: on the frames' device;
+                                          # None: PIL on the CPU, on-device on a GPU (README: router preprocessing)
     strength: float = 1.0             # video-to-video: how far each input block is noised (1 = text-to-video)
     accept_pattern: tuple[bool, ...] | None = None  # benchmarks: force decisions, router still runs
 
@@ -53,6 +54,8 @@ class SDVGConfig:
         check_choice("skip", self.skip, SKIP_POLICIES)
         check_aggregation(self.aggregation, self.quantile)
         check_tau(self.tau)
+        if self.exact_preprocess not in (None, True, False):
+            raise InputError(f"exact_preprocess must be True, False or None (by device), got {self.exact_preprocess!r}.")
         for name, size in (("width", self.width), ("height", self.height)):
             if size <= 0 or size % SPATIAL_STRIDE:
                 lower = max(SPATIAL_STRIDE, size - size % SPATIAL_STRIDE)

@@ -24,6 +24,8 @@ from .speculative import check_input_video
 from .video import read_video
 from .worker import DTYPES, Outcome, WorkerSpec, run_here
 
+PREPROCESS = {"auto": None, "exact": True, "device": False}  # --preprocess -> SDVGConfig.exact_preprocess
+
 
 def add_session_arguments(parser: argparse.ArgumentParser) -> None:
     """The SDVGConfig knobs, shared by `generate` and `demo`."""
@@ -42,9 +44,10 @@ def add_session_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--cascade", action="store_true", help="score 4 frames first, all 12 only when undecided")
     parser.add_argument("--skip", choices=SKIP_POLICIES, default=defaults.skip,
                         help="verification skipping policy")
-    parser.add_argument("--fast-preprocess", action="store_true",
-                        help="router preprocessing on the frames' device instead of ImageReward's PIL path "
-                             "on the CPU (>99.9%% of pixel values identical, the rest one 8-bit level off)")
+    parser.add_argument("--preprocess", choices=PREPROCESS, default="auto",
+                        help="router preprocessing: 'exact' is ImageReward's PIL path on the CPU, 'device' stays "
+                             "on the frames' device (>99.9%% of pixel values identical, the rest one 8-bit level "
+                             "off; scores 1e-4 apart), 'auto' is exact on the CPU and device on a GPU")
     parser.add_argument("--keep-first-frames", action="store_true",
                         help="keep block 0's first 3 pixel frames (dropped by default, as the reference does)")
 
@@ -52,7 +55,7 @@ def add_session_arguments(parser: argparse.ArgumentParser) -> None:
 def session_config(args, **overrides) -> SDVGConfig:
     values = dict(mode=args.mode, tau=args.tau, aggregation=args.aggregation, strength=getattr(args, "strength", 1.0),
                   num_blocks=args.blocks, seed=args.seed, hybrid_k=args.hybrid_k,
-                  cascade=args.cascade, skip=args.skip, exact_preprocess=not args.fast_preprocess,
+                  cascade=args.cascade, skip=args.skip, exact_preprocess=PREPROCESS[args.preprocess],
                   drop_first_frames=not args.keep_first_frames)
     values.update(overrides)
     return SDVGConfig(**values).validate()

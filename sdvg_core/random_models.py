@@ -17,6 +17,8 @@ import torch
 from torch import nn
 
 from .wan import CausalWanModel, WanConfig
+from .wan.checkpoint import FP8_DTYPES
+from .wan.model import WanLinear
 
 
 @dataclass(frozen=True)
@@ -55,19 +57,23 @@ class RouterSize:
 
 
 @torch.no_grad()
-def fill_random(module: nn.Module, device="cpu", dtype: torch.dtype = torch.float32, seed: int = 0) -> nn.Module:
+def fill_random(module: nn.Module, device="cpu", dtype: torch.dtype | None = torch.float32, seed: int = 0) -> nn.Module:
     """Allocate a meta-built module on ``device`` in ``dtype`` and fill it at a trained scale.
 
     The dtype is set while still on meta, so a 14B model is allocated once, in bfloat16
-    (28 GB, not 56 + 28). ``device="meta"`` leaves shapes only.
+    (28 GB, not 56 + 28); ``dtype=None`` keeps the dtypes the module has (fp8 weights are drawn
+    in bfloat16 one tensor at a time). ``device="meta"`` leaves shapes only.
     """
-    nn.Module.to(module, dtype=dtype)  # nn.Module's own: diffusers' .to() warns needlessly
+    if dtype is not None:
+        nn.Module.to(module, dtype=dtype)  # nn.Module's own: diffusers' .to() warns needlessly
     if str(device) == "meta":
         return module.eval().requires_grad_(False)
     generator = torch.Generator(device=device).manual_seed(seed)
     module.to_empty(device=device)
     for name, p in module.named_parameters():
-        if p.ndim >= 2:
+        if p.ndim >= 2 and p.dtype in FP8_DTYPES:  # normal_ has no float8 kernel
+            p.copy_(torch.empty_like(p, dtype=torch.bfloat16).normal_(0.0, p[0].numel() ** -0.5, generator=generator))
+        elif p.ndim >= 2:
             p.normal_(0.0, p[0].numel() ** -0.5, generator=generator)
         elif "norm" in name or name.endswith(("gamma", "weight")):
             p.fill_(1.0)
@@ -81,11 +87,18 @@ def fill_random(module: nn.Module, device="cpu", dtype: torch.dtype = torch.floa
     return module.eval().requires_grad_(False)
 
 
-def random_wan(cfg: WanConfig, *, dtype: torch.dtype = torch.float32, device="cpu", seed: int = 0) -> CausalWanModel:
-    """A CausalWanModel of this shape computing in ``dtype``."""
+def random_wan(cfg: WanConfig, *, dtype: torch.dtype = torch.float32, device="cpu", seed: int = 0,
+               linear_dtype: torch.dtype | None = None) -> CausalWanModel:
+    """A CausalWanModel of this shape computing in ``dtype``; ``linear_dtype`` (float8_e4m3fn) stores
+    the Linear layers' weights as an fp8 checkpoint does, allocated in fp8 from the start."""
     with torch.device("meta"):
         model = CausalWanModel(cfg, compute_dtype=dtype)
-    return fill_random(model, device, dtype, seed)
+    nn.Module.to(model, dtype=dtype)
+    if linear_dtype is not None:
+        for module in model.modules():
+            if isinstance(module, WanLinear):
+                module.weight = nn.Parameter(module.weight.to(linear_dtype), requires_grad=False)
+    return fill_random(model, device, None, seed)
 
 
 def random_vae(base_dim: int | None = None, *, dtype: torch.dtype = torch.float32, device="cpu", seed: int = 0):
@@ -149,9 +162,10 @@ class System:
 
 def random_system(drafter: WanConfig, target: WanConfig, *, vae_base_dim: int | None, router: RouterSize,
                   text: torch.Tensor, prompt: str, dtype: torch.dtype = torch.float32, device="cpu",
-                  seed: int = 0, tokenizer=None) -> System:
-    """Drafter, target and VAE in ``dtype`` (the router in float32), seeded one after another."""
+                  seed: int = 0, tokenizer=None, target_linear_dtype: torch.dtype | None = None) -> System:
+    """Drafter, target and VAE in ``dtype`` (the router in float32), seeded one after another;
+    ``target_linear_dtype``: the target's Linear weights stored so (an fp8 target)."""
     return System(random_wan(drafter, dtype=dtype, device=device, seed=seed + 1),
-                  random_wan(target, dtype=dtype, device=device, seed=seed + 2),
+                  random_wan(target, dtype=dtype, device=device, seed=seed + 2, linear_dtype=target_linear_dtype),
                   random_vae(vae_base_dim, dtype=dtype, device=device, seed=seed + 3),
                   random_router(router, device=device, seed=seed + 4, tokenizer=tokenizer), text, prompt)

@@ -157,9 +157,8 @@ class Verifier:
         if self.scorer is None:
             raise InputError("mode 'sdvg' needs a router to score drafts; none was given.")
         self.check_interrupt()
-        options = {} if self.config.exact_preprocess else {"exact_preprocess": False}
         with meter.time("router", frames.device):
-            scores = self.scorer.score(frames, prompt, **options)
+            scores = self.scorer.score(frames, prompt, exact_preprocess=self.config.exact_preprocess)
         meter.count("router")
         return torch.as_tensor(scores, dtype=torch.float32).flatten().tolist()
 

@@ -224,3 +224,54 @@ def test_peak_memory_reads_a_positive_number():
     memory.reset()
     block = torch.ones(4_000_000)
     assert memory.peak_mb() > block.numel() * 4 / 2**20
+
+
+# ----------------------------------------------------------------------------- the GPU benchmark's code, on the CPU
+
+
+def test_gpu_preset_runs_what_the_gpu_check_needs():
+    preset = bench.get_preset("gpu")
+    specs = {(s.mode, s.accept_rate, s.hybrid_k, s.skip) for s in bench.run_specs(preset)}
+    assert specs == {("target_only", None, 0, "none"), ("draft_only", None, 0, "none")} | {
+        ("sdvg", a, k, "none") for a in (0.73, 1.0) for k in (0, 3)}
+    assert preset.memory_cap_gib == 24 and preset.capped_sizes[0] == (832, 480) and preset.gpu_checks
+    assert preset.exact_preprocess is None  # the by-device default: on-device preprocessing on the GPU
+
+
+@pytest.fixture(scope="module")
+def gpu_smoke_result(tmp_path_factory):
+    out = tmp_path_factory.mktemp("bench-gpu")
+    args = Namespace(preset="gpu-smoke", out=str(out), repeats=None, component_samples=None,
+                     accept_rates=None, hybrid_k=None, blocks=None)
+    assert bench.main(args) == 0
+    return out
+
+
+def test_gpu_smoke_writes_plans_capped_runs_and_preprocessing(gpu_smoke_result):
+    data = json.loads((gpu_smoke_result / "gpu-smoke.json").read_text())
+    assert all(r["planned_peak_mb"] > 0 and r["peak_memory_mb"] > 0 for r in data["runs"])
+    outcomes = {(c["width"], c["height"]): c for c in data["capped_runs"]}
+    refused, completed = outcomes[(64, 48)], outcomes[(32, 32)]
+    assert refused["outcome"] == "refused by the memory plan" and "Ways to a smaller run" in refused["message"]
+    assert "build_seconds" not in refused  # nothing was built for a refused size
+    assert completed["outcome"] == "completed" and completed["seconds"] > 0 and completed["scored"] == 2
+    pre = data["router_preprocessing"]
+    assert set(pre["blocks"]) == {"smooth scene", "textured scene", "noisy scene"}
+    assert 0 <= pre["max_score_difference"] < 0.05 and all(v > 0 for v in pre["seconds"].values())
+    table = (gpu_smoke_result / "gpu-smoke.md").read_text()
+    for section in ("the plan against the measured peak", "fp8 target under a memory cap", "Router preprocessing"):
+        assert section in table
+    with Image.open(gpu_smoke_result / "gpu-smoke.png") as image:
+        assert image.format == "PNG"
+
+
+def test_a_gpu_run_at_832x480_with_an_fp8_target_is_refused_under_24_gib_and_416x240_fits():
+    from sdvg_core.config import SDVGConfig
+    from sdvg_core.memory import GiB, session_plan
+
+    preset = bench.get_preset("gpu")
+    totals = {(w, h): session_plan(SDVGConfig(width=w, height=h), device="cuda", compute_dtype=torch.bfloat16,
+                                   drafter=preset.drafter, target=preset.target,
+                                   target_weights=torch.float8_e4m3fn).total / GiB
+              for w, h in preset.capped_sizes}
+    assert totals[(832, 480)] > 24 > totals[(416, 240)]

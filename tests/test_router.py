@@ -483,3 +483,18 @@ def test_unreadable_checkpoint_is_a_checkpoint_error(checkpoint, tmp_path):
         handle.write(b"not a checkpoint")
     with pytest.raises(CheckpointError, match="ImageReward.pt"):
         ImageRewardScorer.from_folder(copy)
+
+
+def test_preprocessing_path_by_device(scorer, monkeypatch):
+    """None (the default) takes ImageReward's PIL path for frames on the CPU; False the tensor path."""
+    from sdvg_core.router import model
+
+    used = []
+    monkeypatch.setattr(model, "preprocess_pil", lambda images: used.append("pil") or preprocess_pil(images))
+    monkeypatch.setattr(model, "preprocess_tensor", lambda frames: used.append("tensor") or preprocess_tensor(frames))
+    frames = video_frames(count=2, height=64, width=96)
+    default = scorer.score(frames, PROMPT)
+    assert used == ["pil"]
+    torch.testing.assert_close(default, scorer.score(frames, PROMPT, exact_preprocess=True), rtol=0, atol=0)
+    scorer.score(frames, PROMPT, exact_preprocess=False)
+    assert used == ["pil", "pil", "tensor"]

@@ -42,7 +42,8 @@ __all__ = ["PRESETS", "Calibration", "ComponentTimer", "PeakMemory", "Preset", "
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--preset", choices=sorted(PRESETS), default="cpu",
                         help="cpu: calibrated tiny models (make bench); gpu: the real models on a CUDA "
-                             "GPU; smoke: every code path in seconds (tests)")
+                             "GPU (make bench-gpu); smoke, gpu-smoke: the cpu and gpu code paths on tiny "
+                             "models in seconds (tests)")
     parser.add_argument("--out", default="bench-results", help="output folder")
     parser.add_argument("--repeats", type=int, default=None, help="interleaved repeats (default: the preset's)")
     parser.add_argument("--component-samples", type=int, default=None,
@@ -89,10 +90,22 @@ def _run(args, preset: Preset) -> int:
     specs = run_specs(preset, args.accept_rates, args.hybrid_k)
     print(f"[bench] {len(specs)} configurations + component timings x {repeats} repeats, interleaved")
     timings = run_all(system, preset, specs, repeats, timer, args.component_samples or preset.component_samples)
-    measured = timer.medians()
+    measured, component_samples = timer.medians(), timer.samples
     for k, v in measured.items():
         print(f"  {k:<20} {v:.4f} s")
     runs = summarize_runs(timings, ComponentSeconds.from_dict(measured), preset.num_blocks)
+    print(f"[bench] runs done after {time.perf_counter() - started:.0f} s")
+    gpu_checks = {}
+    if preset.gpu_checks:
+        from .gpu import add_planned_peaks, capped_runs, preprocessing_check, release
+
+        add_planned_peaks(preset, runs)
+        del system, timer
+        release(preset.device)
+        print("[bench] router preprocessing: ImageReward's PIL path against the on-device path")
+        gpu_checks["router_preprocessing"] = preprocessing_check(preset)
+        print(f"[bench] SDVG with an fp8 target under a {preset.memory_cap_gib:g} GiB cap")
+        gpu_checks["capped_runs"] = capped_runs(preset)
     reference = reference_ratios()
     result = {
         "preset": preset.name,
@@ -106,11 +119,12 @@ def _run(args, preset: Preset) -> int:
                    "vae_base_dim": preset.vae_base_dim, "router": asdict(preset.router)},
         "calibration": calibration,
         "component_seconds": measured,
-        "component_seconds_samples": timer.samples,
+        "component_seconds_samples": component_samples,
         "component_ratios": {"measured": ratios(measured), "real_flops": {k: reference[k] for k in measured}},
         "runs": runs,
         "targets": check_targets(runs),
         "paper_points": [{"accept_rate": a, "speedup": s} for a, s in PAPER_POINTS],
+        **gpu_checks,
     }
     result["bench_seconds"] = time.perf_counter() - started
     json_path, md_path, png_path = (out / f"{preset.name}.{ext}" for ext in ("json", "md", "png"))

@@ -33,8 +33,10 @@ PROMPT = "a red fox running through fresh snow at golden hour, cinematic"
 CALIBRATED = ("drafter_block", "vae_decode_block")  # the proportions calibration holds to the real ones
 
 
-def build_system(preset: Preset, *, device: str | None = None, seed: int = 0) -> System:
-    """The preset's models with random weights. ``device="meta"`` builds shapes only (no memory)."""
+def build_system(preset: Preset, *, device: str | None = None, seed: int = 0,
+                 target_linear_dtype: torch.dtype | None = None) -> System:
+    """The preset's models with random weights. ``device="meta"`` builds shapes only (no memory);
+    ``target_linear_dtype`` (float8_e4m3fn) gives an fp8 target."""
     from ..errors import SDVGError
 
     device = device or preset.device
@@ -44,7 +46,8 @@ def build_system(preset: Preset, *, device: str | None = None, seed: int = 0) ->
     text = 0.1 * torch.randn(1, preset.text_tokens, preset.target.text_dim,
                              generator=torch.Generator().manual_seed(seed + 1))
     return random_system(preset.drafter, preset.target, vae_base_dim=preset.vae_base_dim, router=preset.router,
-                         text=text, prompt=PROMPT, dtype=preset.dtype, device=device, seed=seed)
+                         text=text, prompt=PROMPT, dtype=preset.dtype, device=device, seed=seed,
+                         target_linear_dtype=target_linear_dtype)
 
 
 def samples(fn: Callable[[], object], device, n: int) -> list[float]:
@@ -117,8 +120,8 @@ class ComponentTimer:
         self._calls["vae_decode_first"] = decode(fresh)
         self._calls["vae_decode_block"] = decode(started)
         self._calls["vae_encode_anchor"] = lambda: vae.encode_frame(pixels[:, -1])
-        options = {} if preset.exact_preprocess else {"exact_preprocess": False}
-        self._calls["router_block"] = lambda: system.scorer.score(pixels[0], system.prompt, **options)
+        self._calls["router_block"] = lambda: system.scorer.score(pixels[0], system.prompt,
+                                                                  exact_preprocess=preset.exact_preprocess)
         self._vae = vae
         self.samples: dict[str, list[float]] = {k: [] for k in self._calls}
         self.sample(1)

@@ -55,7 +55,12 @@ class Preset:
     skip_rates: tuple[float, ...] = (0.73, 1.0)  # extra sdvg runs (k = 0) with uniform skipping
     calibrate: Calibration | None = None
     threads: int | None = None     # torch threads for the run (None: torch's default)
-    exact_preprocess: bool = True  # the router's preprocessing path in every sdvg run
+    exact_preprocess: bool | None = None  # the router's preprocessing path (None: by device, as SDVGConfig)
+    # GPU extras (bench/gpu.py): SDVG with an fp8 target at these sizes under this cap, the plan
+    # against each run's peak, and the router's two preprocessing paths.
+    memory_cap_gib: float | None = None
+    capped_sizes: tuple[tuple[int, int], ...] = ()
+    gpu_checks: bool = False
     note: str = ""
 
     @property
@@ -81,13 +86,34 @@ def _cpu_preset() -> Preset:
     )
 
 
+# The GPU benchmark's run list: the two baselines and SDVG at the paper's operating point and at
+# full acceptance, each with hybrid k = 0 and 3 (with the cap run and the checks, minutes on an H100).
+GPU_RUNS = dict(accept_rates=(0.73, 1.0), hybrid_ks=(0, 3), skip_rates=(), repeats=2, component_samples=1,
+                gpu_checks=True)
+
+
 def _gpu_preset() -> Preset:
     return Preset(
         name="gpu", device="cuda", dtype=torch.bfloat16, width=832, height=480,
         drafter=WanConfig.wan_1_3b(), target=WanConfig.wan_14b(), vae_base_dim=WAN21_BASE_DIM,
-        router=RouterSize(), repeats=3,
-        note="the real 1.3B and 14B Wan DiTs, Wan 2.1 VAE and ImageReward (BLIP ViT-L/16) with random weights",
+        router=RouterSize(), memory_cap_gib=24.0, capped_sizes=((832, 480), (416, 240)), **GPU_RUNS,
+        note="the real 1.3B and 14B Wan DiTs, Wan 2.1 VAE and ImageReward (BLIP ViT-L/16) with random weights, bf16",
     )
+
+
+def _gpu_smoke_preset() -> Preset:
+    """``gpu``'s code at the smoke preset's sizes on the CPU; the cap sits between the plans of its
+    two capped sizes, so one is refused by the plan and the other runs."""
+    from ..config import SDVGConfig
+    from ..memory import GiB, session_plan
+
+    smoke = _smoke_preset()
+    sizes = ((64, 48), (32, 32))
+    totals = [session_plan(SDVGConfig(width=w, height=h), device="cpu", compute_dtype=smoke.dtype,
+                           drafter=smoke.drafter, target=smoke.target, target_weights=torch.float8_e4m3fn).total
+              for w, h in sizes]
+    return replace(smoke, name="gpu-smoke", **{**GPU_RUNS, "repeats": 1}, memory_cap_gib=sum(totals) / 2 / GiB,
+                   capped_sizes=sizes, note="the gpu preset's code path on tiny models on the CPU: schema check only")
 
 
 def _smoke_preset() -> Preset:
@@ -103,7 +129,8 @@ def _smoke_preset() -> Preset:
     )
 
 
-PRESETS: dict[str, Callable[[], Preset]] = {"cpu": _cpu_preset, "gpu": _gpu_preset, "smoke": _smoke_preset}
+PRESETS: dict[str, Callable[[], Preset]] = {"cpu": _cpu_preset, "gpu": _gpu_preset, "smoke": _smoke_preset,
+                                            "gpu-smoke": _gpu_smoke_preset}
 
 
 def get_preset(name: str) -> Preset:

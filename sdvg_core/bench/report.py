@@ -39,7 +39,46 @@ def write_markdown(result: dict, path: Path) -> None:
     for k, v in t["speedup_at_0.73"].items():
         lines.append(f"- {k} at accept rate 0.73 (run at {v['accept_rate_run']:.3f}): {v['measured']:.2f}x, "
                      f"required {v['required']}x: {'met' if v['met'] else 'MISSED'}")
+    lines += _gpu_sections(result)
     path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+
+
+def _gpu_sections(result: dict) -> list[str]:
+    """The GPU preset's extras (bench/gpu.py): planned against measured peaks, the capped fp8 runs,
+    the router's preprocessing paths."""
+    lines = []
+    if any("planned_peak_mb" in r for r in result["runs"]):
+        lines += ["", "## Memory: the plan against the measured peak", "",
+                  "| run | measured peak MiB | planned MiB | measured / planned |", "|---|---|---|---|"]
+        for r in result["runs"]:
+            measured, planned = r.get("peak_memory_mb"), r["planned_peak_mb"]
+            name = r["mode"] + ("" if r["accept_rate"] is None else f" a={r['accept_rate_nominal']:g} k={r['hybrid_k']}")
+            lines.append(f"| {name} | {'-' if measured is None else f'{measured:.0f}'} | {planned:.0f} | "
+                         f"{'-' if measured is None else f'{measured / planned:.2f}'} |")
+    if result.get("capped_runs"):
+        lines += ["", "## SDVG with an fp8 target under a memory cap", "",
+                  "| size | cap GiB | plan GiB (with 10% headroom) | outcome | s / video | peak MiB (planned) |",
+                  "|---|---|---|---|---|---|"]
+        for c in result["capped_runs"]:
+            enforced = "" if c["enforced"] else " (not enforced on the CPU)"
+            peak = (f"{c['peak_memory_mb']:.0f} ({c['planned_peak_mb']:.0f})"
+                    if c.get("peak_memory_mb") is not None else "-")
+            seconds = f"{c['seconds']:.2f}" if "seconds" in c else "-"
+            lines.append(f"| {c['width']}x{c['height']} | {c['cap_gib']:.3g}{enforced} | {c['planned_gib']:.2f} | "
+                         f"{c['outcome']} | {seconds} | {peak} |")
+        refused = next((c for c in result["capped_runs"] if c["outcome"].startswith("refused")), None)
+        if refused:
+            lines += ["", "The plan's message:", "", "```", refused["message"], "```"]
+    pre = result.get("router_preprocessing")
+    if pre:
+        s = pre["seconds"]
+        lines += ["", f"## Router preprocessing ({pre['frames']} frames at {pre['width']}x{pre['height']}, "
+                      f"{pre['device']})", "",
+                  f"- ImageReward's PIL path: {s['exact_preprocess']:.4f} s; on-device path: "
+                  f"{s['device_preprocess']:.4f} s; the scorer's forward: {s['scorer_forward']:.4f} s",
+                  f"- largest score difference between the paths: {pre['max_score_difference']:.2e} "
+                  f"({pre['relative_difference']:.1e} of the scores' spread)"]
+    return lines
 
 
 def plot_speedups(result: dict, path: Path) -> None:

@@ -135,11 +135,15 @@ class ImageRewardScorer(nn.Module):
         rewards = self.head(text_out[:, 0, :].float()).squeeze(-1)
         return ((rewards - REWARD_MEAN) / REWARD_STD).float().cpu()
 
-    def score(self, frames: Tensor, prompt: str, *, exact_preprocess: bool = True) -> Tensor:
+    def score(self, frames: Tensor, prompt: str, *, exact_preprocess: bool | None = None) -> Tensor:
         """Decoder frames ``[T, 3, H, W]`` in [-1, 1] -> ``[T]`` float32 normalised rewards (CPU).
 
-        ``exact_preprocess`` uses the PIL path ImageReward uses; False stays on the frames'
-        device (see ``preprocess_tensor`` for its measured deviation).
+        ``exact_preprocess``: True, the PIL path ImageReward uses (on the CPU); False, on the
+        frames' device (``preprocess_tensor``, its measured deviation there); None, the PIL path
+        for frames on the CPU and the on-device path for frames on a GPU, where it saves the copy
+        and the CPU work at scores 1e-4 apart (README, "Router preprocessing").
         """
+        if exact_preprocess is None:
+            exact_preprocess = frames.device.type == "cpu"
         pixel_values = preprocess_pil(frames_to_pil(frames)) if exact_preprocess else preprocess_tensor(frames)
         return self.score_images(pixel_values, prompt)
