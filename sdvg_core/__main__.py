@@ -33,7 +33,7 @@ def main(argv: list[str] | None = None) -> int:
     sub = parser.add_subparsers(dest="command", required=True)
     for name, (module_name, help_text) in COMMANDS.items():
         module = importlib.import_module(module_name)
-        command = sub.add_parser(name, help=help_text, description=module.__doc__,
+        command = sub.add_parser(name, help=help_text, description=getattr(module, "DESCRIPTION", module.__doc__),
                                  formatter_class=HelpFormatter)
         module.add_arguments(command)
         command.set_defaults(run=module.main)

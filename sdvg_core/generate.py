@@ -47,7 +47,7 @@ def add_session_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--preprocess", choices=PREPROCESS, default="auto",
                         help="router preprocessing: 'exact' is ImageReward's PIL path on the CPU, 'device' stays "
                              "on the frames' device (>99.9%% of pixel values identical, the rest one 8-bit level "
-                             "off; scores 1e-4 apart), 'auto' is exact on the CPU and device on a GPU")
+                             "off; scores 4e-5 apart), 'auto' is exact on the CPU and device on a GPU")
     parser.add_argument("--keep-first-frames", action="store_true",
                         help="keep block 0's first 3 pixel frames (dropped by default, as the reference does)")
 

@@ -31,7 +31,13 @@ from .errors import InputError
 from .runner import WINDOW_FRAMES, cache_bytes
 from .wan import WanConfig
 from .wan.caches import itemsize
+from .wan.checkpoint import FP8_DTYPES
 
+DESCRIPTION = ("The memory one video needs on its GPU, before anything loads: each model's weights, the "
+               "DiTs' KV and text caches, the VAE's causal cache, and the largest activation peak, with 10% "
+               "headroom; then whether it fits cards of each size, and if not, what would make it fit. The "
+               "same plan is checked against the free memory before every generate run, Python session and "
+               "ComfyUI run.")
 GiB = 2 ** 30
 BLOCK_LATENT_FRAMES = 3
 ROUTER_FRAMES = 12
@@ -40,6 +46,8 @@ WAN21_VAE_PARAMS = 126_892_531          # diffusers AutoencoderKLWan, Wan 2.1, e
 ROUTER_PARAMS = 303_301_632 + 141_977_088 + 927_969  # BLIP ViT-L/16 + BERT-base + reward head (MLP 768-1024-128-64-16-1)
 ROUTER_TOKENS = 577                     # 224x224 at patch 16, plus the class token
 ROUTER_HIDDEN, ROUTER_MLP = 1024, 4096
+SMALL_SIZE = (416, 240)                 # the size a refusal offers: half of 832x480 each way
+ALL_OF_THESE = "all of these together"
 # Headroom for what no formula sees: the CUDA context's workspace, allocator fragmentation.
 HEADROOM = 0.10
 
@@ -57,7 +65,7 @@ class MemoryPlan:
 
     device: str
     lines: tuple[Line, ...]
-    options: tuple[tuple[str, int], ...] = field(default=())  # (what to do, bytes it saves)
+    options: tuple[tuple[str, int], ...] = field(default=())  # (what to do, the total it would need)
 
     @property
     def resident(self) -> int:
@@ -94,31 +102,24 @@ class MemoryPlan:
             return
         raise InputError(
             f"{what} needs about {self.total / GiB:.1f} GiB on {self.device}, and {free / GiB:.1f} GiB is free:\n"
-            f"{self.table()}\nWays to a smaller run (each alone):\n{self.describe_options(free)}")
+            f"{self.table()}\nWays to a smaller run:\n{self.describe_options(free)}")
 
     def verdict(self, free: int) -> str:
         """One line: fits, or which of the options would make it fit."""
         if self.total <= free:
-            return f"fits ({self.total / GiB:.1f} GiB of {free / GiB:.0f})"
-        alone = [what.split(" (")[0] for what, saved in self.options
-                 if self.total - int(saved * (1 + HEADROOM)) <= free]
-        together = self.total - int(sum(saved for _, saved in self.options) * (1 + HEADROOM))
+            return f"fits ({self.total / GiB:.1f} GiB of {free / GiB:.1f})"
+        alone = [what.split(" (")[0] for what, total in self.options if total <= free and what != ALL_OF_THESE]
         if alone:
             return f"needs {self.total / GiB:.1f} GiB; fits with " + ", or ".join(alone)
-        if self.options and together <= free:
+        together = dict(self.options).get(ALL_OF_THESE)
+        if together is not None and together <= free:
             return f"needs {self.total / GiB:.1f} GiB; fits with all of: " + ", ".join(
-                what.split(" (")[0] for what, _ in self.options)
+                what.split(" (")[0] for what, _ in self.options if what != ALL_OF_THESE)
         return f"needs {self.total / GiB:.1f} GiB; only with ComfyUI's partial loading (weights streamed)"
 
     def describe_options(self, free: int) -> str:
-        rows, fits = [], False
-        for what, saved in self.options:
-            left = self.total - int(saved * (1 + HEADROOM))
-            fits |= left <= free
-            rows.append(f"  - {what}: {left / GiB:.1f} GiB, {'fits' if left <= free else 'not enough alone'}")
-        if len(self.options) > 1 and not fits:  # the savings are of different lines: they add up
-            left = self.total - int(sum(saved for _, saved in self.options) * (1 + HEADROOM))
-            rows.append(f"  - all of these together: {left / GiB:.1f} GiB, {'fits' if left <= free else 'not enough'}")
+        rows = [f"  - {what}: {total / GiB:.1f} GiB, {'fits' if total <= free else 'not enough'}"
+                for what, total in self.options]
         rows.append("  - in ComfyUI: partial loading streams what does not fit of the target from the CPU "
                     "(slower, exact; --lowvram streams more)")
         return "\n".join(rows)
@@ -202,11 +203,12 @@ def memory_plan(*, device, width: int, height: int, compute_dtype: torch.dtype,
                 drafter: WanConfig | None = None, target: WanConfig | None = None,
                 drafter_weights: torch.dtype | None = None, target_weights: torch.dtype | None = None,
                 vae_dtype: torch.dtype | None = None, router_dtype: torch.dtype | None = None,
-                prompts: int = 1, weights: bool = True) -> MemoryPlan:
+                prompts: int = 1, weights: bool = True, options: bool = True) -> MemoryPlan:
     """The plan of one video on one device. A model left out (None) is not counted: baselines
     run one DiT, ``router_dtype=None`` means no router. ``*_weights``: the Linear weights'
     stored dtype (e.g. torch.float8_e4m3fn) when it is not the compute dtype. ``weights=False``
-    leaves the weights out (a host that places them itself, as ComfyUI does)."""
+    leaves the weights out (a host that places them itself, as ComfyUI does). ``options``: also
+    plan each way to a smaller run (for the refusal's message)."""
     if width % 16 or height % 16 or width <= 0 or height <= 0:
         raise InputError(f"width and height must be positive multiples of 16, got {width}x{height}.")
     latent_hw = (height // 8, width // 8)
@@ -235,27 +237,26 @@ def memory_plan(*, device, width: int, height: int, compute_dtype: torch.dtype,
     if router_dtype is not None:
         lines.append(Line("router on 12 frames", router_bytes(height, width, router_dtype), False))
     plan = MemoryPlan(str(device), tuple(lines))
-    return MemoryPlan(plan.device, plan.lines,
-                      tuple(_options(plan, width, height, target, target_weights, compute_dtype)))
-
-
-def _options(plan: MemoryPlan, width: int, height: int, target: WanConfig | None,
-             target_weights: torch.dtype | None, compute_dtype: torch.dtype) -> list[tuple[str, int]]:
-    """(what to do, bytes it saves) for each way to a smaller plan."""
-    options = []
-    fp8 = torch.float8_e4m3fn
-    if target is not None and target_weights != fp8 and plan.bytes_of("target weights"):
-        saved = plan.bytes_of("target weights") - wan_weight_bytes(target, compute_dtype, fp8)
-        options.append(("an fp8 target (an fp8_e4m3fn copy, or weight_dtype fp8_e4m3fn in ComfyUI)", saved))
-    if plan.bytes_of("drafter weights"):
-        options.append(("the drafter offloaded between blocks or on a second GPU (ComfyUI offloads by itself)",
-                        plan.bytes_of("drafter weights")))
-    if width * height > 416 * 240:
-        scale = 1 - (416 * 240) / (width * height)
-        shrinking = sum(line.bytes for line in plan.lines if "weights" not in line.what and line.resident)
-        options.append((f"416x240 instead of {width}x{height} (caches and activations scale with the pixels)",
-                        int((shrinking + plan.transient) * scale)))
-    return options
+    if not options:
+        return plan
+    args = dict(device=device, width=width, height=height, compute_dtype=compute_dtype, drafter=drafter,
+                target=target, drafter_weights=drafter_weights, target_weights=target_weights,
+                vae_dtype=vae_dtype, router_dtype=router_dtype, prompts=prompts, weights=weights)
+    changes = []  # (what to do, the arguments it changes): each plan recomputed, not estimated
+    if target is not None and weights and target_weights not in FP8_DTYPES:
+        changes.append(("an fp8 target (an fp8_e4m3fn checkpoint, or weight_dtype fp8_e4m3fn in ComfyUI)",
+                        {"target_weights": torch.float8_e4m3fn}))
+    if drafter is not None and target is not None:
+        changes.append(("the drafter on a second GPU (its weights, caches and passes leave this one)",
+                        {"drafter": None}))
+    if width * height > SMALL_SIZE[0] * SMALL_SIZE[1]:
+        changes.append((f"{SMALL_SIZE[0]}x{SMALL_SIZE[1]} instead of {width}x{height} (caches and activations "
+                        "scale with the pixels)", {"width": SMALL_SIZE[0], "height": SMALL_SIZE[1]}))
+    totals = [(what, memory_plan(**{**args, **change}, options=False).total) for what, change in changes]
+    if len(changes) > 1:
+        every = {k: v for _, change in changes for k, v in change.items()}
+        totals.append((ALL_OF_THESE, memory_plan(**{**args, **every}, options=False).total))
+    return MemoryPlan(plan.device, plan.lines, tuple(totals))
 
 
 def free_bytes(device) -> int | None:
@@ -292,7 +293,6 @@ def stored_linear_dtype(path, variant: str = "ema") -> torch.dtype | None:
     """The dtype a checkpoint's Linear weights keep after ``load_wan`` when it is not the compute
     dtype: fp8 (read from the file's header, nothing loaded); None otherwise."""
     from .wan import read_wan_state_dict
-    from .wan.checkpoint import FP8_DTYPES
 
     sd = read_wan_state_dict(path, variant=variant, meta=True)
     weight = sd.get("blocks.0.ffn.0.weight")
@@ -331,6 +331,7 @@ def check_session(config, drafter, target, vae, prompts: int = 1) -> None:
 # ---------------------------------------------------------------------- python -m sdvg_core plan
 
 CARDS_GIB = (24, 48, 80)
+CUDA_CONTEXT_GIB = 0.5   # what the driver and CUDA context take of a card before any tensor
 
 
 def add_arguments(parser) -> None:
@@ -365,6 +366,7 @@ def main(args) -> int:
     plan = session_plan(config, device="cuda", compute_dtype=torch.bfloat16, **shapes)
     print(f"memory plan: {args.mode}, {args.width}x{args.height}, bf16"
           f"{', fp8 target' if shapes.get('target_weights') else ''}\n{plan.table()}")
+    print(f"read out for cards with {CUDA_CONTEXT_GIB:g} GiB taken by the CUDA context:")
     for card in args.cards:
-        print(f"  {card:g} GiB card: {plan.verdict(int(card * GiB))}")
+        print(f"  {card:g} GiB card: {plan.verdict(int((card - CUDA_CONTEXT_GIB) * GiB))}")
     return 0

@@ -157,8 +157,10 @@ class Verifier:
         if self.scorer is None:
             raise InputError("mode 'sdvg' needs a router to score drafts; none was given.")
         self.check_interrupt()
+        path = self.config.exact_preprocess  # None: the scorer picks by the frames' device
+        options = {} if path is None else {"exact_preprocess": path}
         with meter.time("router", frames.device):
-            scores = self.scorer.score(frames, prompt, exact_preprocess=self.config.exact_preprocess)
+            scores = self.scorer.score(frames, prompt, **options)
         meter.count("router")
         return torch.as_tensor(scores, dtype=torch.float32).flatten().tolist()
 

@@ -3,7 +3,6 @@ device and against what a streamed decode really holds; refusals before anything
 
 import pytest
 import torch
-from torch import nn
 
 from sdvg_core import memory
 from sdvg_core.__main__ import main
@@ -21,16 +20,14 @@ FP8 = torch.float8_e4m3fn
 
 
 def meta_wan_bytes(cfg: WanConfig, dtype: torch.dtype, linear_dtype: torch.dtype | None = None) -> int:
-    """Parameter bytes of the real model class, built on meta as load_wan stores it: every tensor in
-    ``dtype``, the Linear layers' weights in ``linear_dtype`` (fp8 files keep them fp8)."""
+    """Parameter bytes of the real model class built on meta, stored as load_wan stores a file:
+    every tensor in ``dtype``, the Linear layers' weights in ``linear_dtype`` (fp8 files keep them fp8)."""
     with torch.device("meta"):
         model = CausalWanModel(cfg, compute_dtype=dtype)
-    nn.Module.to(model, dtype=dtype)
-    if linear_dtype is not None:
-        for module in model.modules():
-            if isinstance(module, WanLinear):
-                module.weight = nn.Parameter(module.weight.to(linear_dtype), requires_grad=False)
-    return sum(p.numel() * p.element_size() for p in model.parameters())
+    linear_weights = {f"{name}.weight" for name, m in model.named_modules() if isinstance(m, WanLinear)}
+    size = {name: torch.empty((), dtype=linear_dtype if linear_dtype is not None and name in linear_weights
+                              else dtype).element_size() for name, _ in model.named_parameters()}
+    return sum(p.numel() * size[name] for name, p in model.named_parameters())
 
 
 @pytest.mark.parametrize("cfg", [WanConfig.wan_1_3b(), WanConfig.wan_14b()], ids=["1.3B", "14B"])
@@ -89,9 +86,11 @@ def test_a_plan_that_does_not_fit_names_the_numbers_and_the_ways_out():
     text = str(error.value)
     assert "this batch needs about 49.0 GiB on cuda, and 24.0 GiB is free" in text
     assert "target weights" in text and "26.61 GiB" in text and "target KV window" in text
-    assert "an fp8 target" in text and "drafter offloaded" in text and "416x240" in text
+    assert "an fp8 target" in text and "drafter on a second GPU" in text and "416x240" in text
     assert "all of these together" in text and "partial loading" in text
     fp8 = real_plan(target_weights=FP8)
+    # Each way out is a whole plan recomputed: the fp8 option's total is the fp8 plan's.
+    assert dict(plan.options)[next(w for w, _ in plan.options if w.startswith("an fp8 target"))] == fp8.total
     assert "fits with 416x240" in fp8.verdict(24 * GiB)
     assert fp8.verdict(48 * GiB).startswith("fits")
     assert not any("fp8" in what for what, _ in fp8.options)  # it already is
