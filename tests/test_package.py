@@ -49,3 +49,14 @@ def test_licence_is_declared_and_shipped(tmp_path):
     assert "License-Expression: GPL-3.0-only" in metadata
     assert any(n.endswith("licenses/LICENSE") for n in names)
     assert "sdvg_core/speculative.py" in names and not any(n.startswith("nodes/") for n in names)
+
+
+def test_the_entry_point_imported_as_a_plain_module_registers_nothing():
+    """pytest imports the checkout's __init__.py as a plain module when the folder's name is no
+    Python name (a clone named ComfyUI-SDVG): that import must not fail."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("__init__", support.ROOT / "__init__.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    assert module.WEB_DIRECTORY == "./web" and not hasattr(module, "NODE_CLASS_MAPPINGS")
