@@ -234,3 +234,27 @@ def test_the_modular_loop_gives_the_composite_video(mappings, workflow_models):
     modular, executor = frames("SDVGLoopEnd")
     assert len(executor.expansions) == TINY_SETTINGS["num_blocks"] - 1
     assert torch.equal(composite, modular), "the modular loop must give the composite sampler's frames"
+
+
+TITLE_BAR, BADGE_ROW, GROUP_TITLE = 30, 26, 34  # the frontend's title bar, node-source badge row, group title
+
+
+@pytest.mark.parametrize("path", WORKFLOWS, ids=lambda p: p.stem)
+def test_the_shipped_layout_leaves_room_for_titles_and_badges(path):
+    """As saved, no node (title bar and the badge row above it included) touches another, and no
+    node sits on a group's title; the browser test checks the same after a run, with real sizes."""
+    workflow = json.loads(path.read_text())
+
+    def box(node):
+        (x, y), (w, h) = node["pos"], node["size"]
+        return x, y - TITLE_BAR - BADGE_ROW, w, h + TITLE_BAR + BADGE_ROW
+
+    def meets(a, b):
+        return a[0] < b[0] + b[2] and b[0] < a[0] + a[2] and a[1] < b[1] + b[3] and b[1] < a[1] + a[3]
+
+    nodes = workflow["nodes"]
+    touching = [(a["type"], b["type"]) for i, a in enumerate(nodes) for b in nodes[i + 1:] if meets(box(a), box(b))]
+    assert touching == []
+    for group in workflow.get("groups", []):
+        x, y, w, _ = group["bounding"]
+        assert [n["type"] for n in nodes if meets((x, y, w, GROUP_TITLE), box(n))] == [], group["title"]

@@ -44,7 +44,8 @@ try {
   }
 
   // Everything the test checks, read from the page: timelines (blocks drawn, hit-tested at a grid
-  // of points), node boxes that overlap, and group titles a node sits on.
+  // of points), node boxes that overlap, and group titles a node sits on. A node's box reaches
+  // BADGE_ROW above its title: the frontend draws the node-source badge ("SDVG") there.
   async function inspect(step) {
     const result = await page.evaluate(() => {
       const app = window.comfyAPI.app.app;
@@ -77,7 +78,11 @@ try {
           width: r.width, height: r.height, covered, probes, covered_by: [...by],
         });
       }
-      const boxes = graph.nodes.map((n) => ({ id: n.id, type: n.type, box: n.boundingRect ? [...n.boundingRect] : null }));
+      const BADGE_ROW = 26;
+      const boxes = graph.nodes.map((n) => {
+        const r = n.boundingRect;
+        return { id: n.id, type: n.type, box: r ? [r[0], r[1] - BADGE_ROW, r[2], r[3] + BADGE_ROW] : null };
+      });
       const meets = (a, b) => a[0] < b[0] + b[2] && b[0] < a[0] + a[2] && a[1] < b[1] + b[3] && b[1] < a[1] + a[3];
       const overlaps = [];
       for (let i = 0; i < boxes.length; i++)
@@ -95,9 +100,11 @@ try {
     report.steps[step] = result;
   }
 
-  // Each timeline node at 125% zoom, for the README and the template thumbnails.
+  // Each timeline node at 125% zoom, for the README and the template thumbnails, in a viewport
+  // tall enough for the whole node (the Sampler with its preview is over 1000 px at this zoom).
   async function closeups() {
     const scale = 1.25, margin = 40;
+    await page.setViewport({ width: 1920, height: 1800 });
     const ids = await page.evaluate(() => window.comfyAPI.app.app.graph.nodes.filter((n) => n.sdvgCanvas).map((n) => n.id));
     for (const id of ids) {
       const clip = await page.evaluate((id, scale, margin) => {
@@ -113,6 +120,8 @@ try {
       await new Promise((r) => setTimeout(r, 800));
       await page.screenshot({ path: path.join(outDir, `${name}.node${id}.png`), clip });
     }
+    await page.setViewport({ width: 1920, height: 1080 });
+    await new Promise((r) => setTimeout(r, 500)); // the canvas follows the window's resize first
     await page.evaluate(() => window.comfyAPI.app.app.extensionManager.command.execute("Comfy.Canvas.FitView"));
     await new Promise((r) => setTimeout(r, 500));
   }
