@@ -275,3 +275,13 @@ def test_a_gpu_run_at_832x480_with_an_fp8_target_is_refused_under_24_gib_and_416
                                    target_weights=torch.float8_e4m3fn).total / GiB
               for w, h in preset.capped_sizes}
     assert totals[(832, 480)] > 24 > totals[(416, 240)]
+
+
+def test_projections_are_the_real_proportions_bound_at_the_runs_median_efficiency():
+    runs = [{"mode": "target_only", "fraction_of_bound": 1.0, "bound_real_proportions": 1.0},
+            {"mode": "draft_only", "fraction_of_bound": 0.99, "bound_real_proportions": 5.5},
+            {"mode": "sdvg", "fraction_of_bound": 0.95, "bound_real_proportions": 2.0},
+            {"mode": "sdvg", "fraction_of_bound": 1.03, "bound_real_proportions": 4.0}]
+    assert bench.add_projections(runs) == 0.99
+    assert [r["projected_speedup"] for r in runs] == pytest.approx([1.0, 5.445, 1.98, 3.96])
+    assert [r["projected_speedup_this_run"] for r in runs] == pytest.approx([1.0, 5.445, 1.9, 4.12])

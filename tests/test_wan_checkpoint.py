@@ -127,9 +127,12 @@ def test_fp8_checkpoint_stays_fp8_and_runs(source, tmp_path, scaled):
 
 
 def test_fp8_newer_weight_scale_name_is_the_same_scale(source, tmp_path):
+    """ComfyUI's newer quantised layout: weight_scale, and a .comfy_quant marker per fp8 layer."""
     model, _ = source
     old, _ = fp8_state_dict(model, scaled=True)
     new, _ = fp8_state_dict(model, scaled=True, scale_name="weight_scale")
+    marker = torch.tensor(list(json.dumps({"format": "float8_e4m3fn"}).encode()), dtype=torch.uint8)
+    new.update({k[: -len("weight_scale")] + "comfy_quant": marker.clone() for k in list(new) if k.endswith("weight_scale")})
     write_checkpoint(old, tmp_path / "old.safetensors")
     write_checkpoint(new, tmp_path / "new.safetensors")
     torch.testing.assert_close(run(load_wan(tmp_path / "new.safetensors")), run(load_wan(tmp_path / "old.safetensors")),

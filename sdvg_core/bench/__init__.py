@@ -8,8 +8,8 @@ order, so machine drift hits all of them alike), it times whole videos of
 
 Each component is also timed alone, its samples taken at their own place in the same
 rotation; the cost model (sdvg_core/costmodel.py) turns the medians into the ``bound`` of
-every run, and the ``projected`` speedup rescales each measured speedup to the real system's
-cost proportions. Presets and how their sizes were chosen: docs/bench-derivation.md.
+every run, and the ``projected`` speedup is the cost model at the real system's proportions
+times the median fraction of its bound the runs reached (runs.add_projections). Presets and how their sizes were chosen: docs/bench-derivation.md.
 
 Writes ``<out>/<preset>.json``, ``<out>/<preset>.md`` and ``<out>/<preset>.png``.
 """
@@ -32,11 +32,11 @@ from ..errors import InputError
 from .components import ComponentTimer, PeakMemory, build_system, calibrate, describe_device, ratios
 from .presets import PRESETS, Calibration, Preset, get_preset
 from .report import plot_speedups, write_markdown
-from .runs import (RunSpec, VideoTiming, accept_patterns, check_targets, pooled_seconds, run_all, run_specs,
-                   summarize_runs)
+from .runs import (RunSpec, VideoTiming, accept_patterns, add_projections, check_targets, pooled_seconds, run_all,
+                   run_specs, summarize_runs)
 
 __all__ = ["PRESETS", "Calibration", "ComponentTimer", "PeakMemory", "Preset", "RunSpec", "VideoTiming",
-           "accept_patterns", "build_system", "check_targets", "get_preset", "main", "pooled_seconds"]
+           "accept_patterns", "add_projections", "build_system", "check_targets", "get_preset", "main", "pooled_seconds"]
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -122,6 +122,7 @@ def _run(args, preset: Preset) -> int:
         "component_seconds_samples": component_samples,
         "component_ratios": {"measured": ratios(measured), "real_flops": {k: reference[k] for k in measured}},
         "runs": runs,
+        "efficiency": add_projections(runs),
         "targets": check_targets(runs),
         "paper_points": [{"accept_rate": a, "speedup": s} for a, s in PAPER_POINTS],
         **gpu_checks,
