@@ -160,11 +160,11 @@ def check_paths(args) -> None:
 
 def preflight(args) -> Batch:
     """Everything that can be checked without loading a model: seconds, whatever the model sizes."""
-    from .memory import files_plan, free_bytes
+    from .memory import checkpoint_shapes, free_bytes, session_plan
     from .router import inspect_folder
     from .text import UMT5TextEncoder
     from .vae import inspect_vae
-    from .wan import check_compatible, inspect_wan
+    from .wan import check_compatible
 
     check_paths(args)
     prompts = select_prompts(args)
@@ -177,11 +177,8 @@ def preflight(args) -> Batch:
         check_input_video(read_video(args.video, limit=12 * config.num_blocks - 3), config)
     device = torch.device(args.device)
     dtype = DTYPES[args.dtype] if args.dtype else (torch.bfloat16 if device.type == "cuda" else torch.float32)
-    configs = {}
-    if "drafter" in config.models:
-        configs["drafter"] = inspect_wan(args.drafter, variant=args.drafter_variant)
-    if "target" in config.models:
-        configs["target"] = inspect_wan(args.target)
+    shapes = checkpoint_shapes(config, args.drafter, args.target, args.drafter_variant)
+    configs = {role: shapes[role] for role in ("drafter", "target") if role in shapes}
     if len(configs) == 2:
         check_compatible(configs["drafter"], configs["target"])
     inspect_vae(args.vae)
@@ -193,9 +190,8 @@ def preflight(args) -> Batch:
         raise InputError(f"--text-encoder {args.text_encoder} embeds {width}-wide, the DiTs read {text_dim}-wide "
                          "text: use the umT5-XXL encoder the models were trained with.")
     if args.workers == 1:  # Ray workers check their own GPU before they load (worker.py)
-        files_plan(config, device=device, compute_dtype=dtype, drafter=args.drafter, target=args.target,
-                   drafter_variant=args.drafter_variant, prompts=max(map(len, prompts.values()))
-                   ).check(free_bytes(device), what="this batch")
+        session_plan(config, device=device, compute_dtype=dtype, prompts=max(map(len, prompts.values())),
+                     **shapes).check(free_bytes(device), what="this batch")
     settings = {"config": {k: v for k, v in asdict(config).items() if k != "accept_pattern"},
                 "video": Path(args.video).name if config.strength < 1 else None,
                 "drafter": Path(args.drafter).name, "target": Path(args.target).name, "vae": Path(args.vae).name,

@@ -289,28 +289,27 @@ def session_plan(config, *, device, compute_dtype: torch.dtype, drafter: WanConf
                        prompts=prompts)
 
 
-def stored_linear_dtype(path, variant: str = "ema") -> torch.dtype | None:
-    """The dtype a checkpoint's Linear weights keep after ``load_wan`` when it is not the compute
-    dtype: fp8 (read from the file's header, nothing loaded); None otherwise."""
-    from .wan import read_wan_state_dict
+def checkpoint_shapes(config, drafter: str | None, target: str | None, drafter_variant: str = "ema") -> dict:
+    """The ``session_plan`` keywords of the checkpoint files the mode of ``config`` loads: each one's
+    WanConfig and, for fp8 files, the dtype its Linear weights keep after ``load_wan``. One read of
+    each file's header (safetensors) or memory-mapped dict (.pt); no weight is loaded."""
+    from .wan import infer_config, read_wan_state_dict
 
-    sd = read_wan_state_dict(path, variant=variant, meta=True)
-    weight = sd.get("blocks.0.ffn.0.weight")
-    return weight.dtype if weight is not None and weight.dtype in FP8_DTYPES else None
+    shapes = {}
+    for role, path, variant in (("drafter", drafter, drafter_variant), ("target", target, "ema")):
+        if role in config.models and path is not None:
+            sd = read_wan_state_dict(path, variant=variant, meta=True)
+            weight = sd.get("blocks.0.ffn.0.weight")
+            shapes[role] = infer_config(sd, source=str(path))
+            shapes[f"{role}_weights"] = weight.dtype if weight is not None and weight.dtype in FP8_DTYPES else None
+    return shapes
 
 
 def files_plan(config, *, device, compute_dtype: torch.dtype, drafter: str | None, target: str | None,
                drafter_variant: str = "ema", prompts: int = 1) -> MemoryPlan:
     """``session_plan`` for checkpoint files, from their headers alone."""
-    from .wan import inspect_wan
-
-    used = config.models
-    shapes = {}
-    for role, path, variant in (("drafter", drafter, drafter_variant), ("target", target, "ema")):
-        if role in used and path is not None:
-            shapes[role] = inspect_wan(path, variant=variant)
-            shapes[f"{role}_weights"] = stored_linear_dtype(path, variant)
-    return session_plan(config, device=device, compute_dtype=compute_dtype, prompts=prompts, **shapes)
+    return session_plan(config, device=device, compute_dtype=compute_dtype, prompts=prompts,
+                        **checkpoint_shapes(config, drafter, target, drafter_variant))
 
 
 def check_session(config, drafter, target, vae, prompts: int = 1) -> None:
@@ -352,17 +351,12 @@ def add_arguments(parser) -> None:
 def main(args) -> int:
     """Print the memory plan of one video (bf16 on a CUDA GPU) and whether it fits each card."""
     from .config import SDVGConfig
-    from .wan import inspect_wan
 
     config = SDVGConfig(mode=args.mode, width=args.width, height=args.height)
     config.validate()
     shapes = {"drafter": WanConfig.wan_1_3b(), "target": WanConfig.wan_14b(),
               "target_weights": torch.float8_e4m3fn if args.fp8_target else None}
-    for role in ("drafter", "target"):
-        path = getattr(args, role)
-        if path is not None:
-            shapes[role] = inspect_wan(path)
-            shapes[f"{role}_weights"] = stored_linear_dtype(path)
+    shapes.update(checkpoint_shapes(config, args.drafter, args.target))
     plan = session_plan(config, device="cuda", compute_dtype=torch.bfloat16, **shapes)
     print(f"memory plan: {args.mode}, {args.width}x{args.height}, bf16"
           f"{', fp8 target' if shapes.get('target_weights') else ''}\n{plan.table()}")

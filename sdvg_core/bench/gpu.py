@@ -17,7 +17,7 @@ import torch
 
 from ..config import SDVGConfig
 from ..errors import InputError
-from ..memory import GiB, ROUTER_PARAMS, free_bytes, session_plan, wan_weight_bytes
+from ..memory import GiB, free_bytes, session_plan
 from .components import PeakMemory, build_system
 from .presets import Preset
 from .runs import RunSpec, accept_patterns, run_video
@@ -31,14 +31,16 @@ def planned_peak_mb(preset: Preset, mode: str, *, width: int | None = None, heig
     """The memory plan's prediction of a benchmark run's peak (no headroom): the mode's models'
     caches and largest transient, and the weights of every model the benchmark holds (its
     baselines keep the other models loaded). Real-size VAE and router: meaningful for ``gpu``."""
-    config = SDVGConfig(mode=mode, width=width or preset.width, height=height or preset.height)
-    plan = session_plan(config, device=preset.device, compute_dtype=preset.dtype, drafter=preset.drafter,
-                        target=preset.target, target_weights=target_weights, vae_dtype=preset.dtype)
-    idle = {"drafter": wan_weight_bytes(preset.drafter, preset.dtype),
-            "target": wan_weight_bytes(preset.target, preset.dtype, target_weights),
-            "router": ROUTER_PARAMS * 4}
-    held = sum(b for role, b in idle.items() if role not in config.models)
-    return (plan.resident + plan.transient + held) / 2**20
+    def plan(mode):
+        config = SDVGConfig(mode=mode, width=width or preset.width, height=height or preset.height)
+        return config, session_plan(config, device=preset.device, compute_dtype=preset.dtype, drafter=preset.drafter,
+                                    target=preset.target, target_weights=target_weights, vae_dtype=preset.dtype)
+
+    config, run = plan(mode)
+    _, every_model = plan("sdvg")
+    idle = {f"{role} weights" for role in ("drafter", "target", "router") if role not in config.models}
+    held = sum(line.bytes for line in every_model.lines if line.what in idle)
+    return (run.resident + run.transient + held) / 2**20
 
 
 def add_planned_peaks(preset: Preset, runs: list[dict]) -> None:

@@ -19,7 +19,6 @@ import argparse
 import json
 import math
 import statistics
-import time
 from dataclasses import replace
 
 import torch
@@ -27,13 +26,13 @@ import torch.nn.functional as F
 
 from ..random_models import RouterSize, random_router
 from ..router import frames_to_pil, preprocess_pil, preprocess_tensor
-from ..stats import synchronize
+from .components import median_seconds
 
 PROMPT = "a red fox running through fresh snow at golden hour, cinematic"
 FRAMES = 12
 
 
-def test_blocks(height: int, width: int, seed: int = 0) -> dict[str, torch.Tensor]:
+def scene_blocks(height: int, width: int, seed: int = 0) -> dict[str, torch.Tensor]:
     """Blocks of 12 frames in [-1, 1] with the statistics decoded video has: smooth gradients and
     shapes moving between frames, fine texture, and sensor-like noise."""
     g = torch.Generator().manual_seed(seed)
@@ -52,16 +51,10 @@ def test_blocks(height: int, width: int, seed: int = 0) -> dict[str, torch.Tenso
             "noisy scene": (scene + 0.1 * noise).clamp(-1, 1)}
 
 
-def _seconds(fn, device, repeats: int) -> tuple[float, object]:
-    out = fn()  # warm-up
-    times = []
-    for _ in range(repeats):
-        synchronize(device)
-        start = time.perf_counter()
-        out = fn()
-        synchronize(device)
-        times.append(time.perf_counter() - start)
-    return statistics.median(times), out
+def _timed(fn, device, repeats: int) -> tuple[float, object]:
+    """(median seconds of ``repeats`` calls after a warm-up call, the warm-up's output)."""
+    out = fn()
+    return median_seconds(fn, device, repeats, warmup=0), out
 
 
 def measure(*, device="cpu", width: int = 832, height: int = 480, size: RouterSize = RouterSize(),
@@ -73,11 +66,11 @@ def measure(*, device="cpu", width: int = 832, height: int = 480, size: RouterSi
     result = {"device": str(device), "width": width, "height": height, "frames": FRAMES,
               "vision_layers": size.vision_layers, "blocks": {}}
     exact_times, device_times, forward_times = [], [], []
-    for name, frames in test_blocks(height, width).items():
+    for name, frames in scene_blocks(height, width).items():
         frames = frames.to(device)
-        t_exact, exact = _seconds(lambda: preprocess_pil(frames_to_pil(frames)), device, repeats)
-        t_device, fast = _seconds(lambda: preprocess_tensor(frames), device, repeats)
-        t_forward, scores_exact = _seconds(lambda: scorer.score_images(exact, tokens), device, 1)
+        t_exact, exact = _timed(lambda: preprocess_pil(frames_to_pil(frames)), device, repeats)
+        t_device, fast = _timed(lambda: preprocess_tensor(frames), device, repeats)
+        t_forward, scores_exact = _timed(lambda: scorer.score_images(exact, tokens), device, 1)
         scores_fast = scorer.score_images(fast, tokens)
         diff = (scores_fast - scores_exact).abs()
         result["blocks"][name] = {
