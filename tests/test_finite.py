@@ -15,7 +15,7 @@ from sdvg_core.speculative import SDVGSession
 from sdvg_core.text import pad_text
 from sdvg_core.tiny import build_tiny_system, tiny_wan
 
-BASE = SDVGConfig(width=64, height=32, num_blocks=3, seed=5, tau=float("-inf"))
+BASE = SDVGConfig(width=32, height=16, num_blocks=3, seed=5, tau=float("-inf"))
 
 
 @pytest.fixture()

@@ -35,7 +35,7 @@ from sdvg_pack_under_test.nodes.models import RouterModel, wan_network  # noqa: 
 from sdvg_pack_under_test.nodes.loop import expand_loop, loop_body  # noqa: E402
 
 PROMPT = "a red fox running through fresh snow"
-VIDEO = dict(width=64, height=48, num_blocks=3, seed=7, tau=0.0, aggregation="min", hybrid_k=0,
+VIDEO = dict(width=32, height=16, num_blocks=3, seed=7, tau=0.0, aggregation="min", hybrid_k=0,
              skip="none", drop_first_frames=True)
 FRAMES = 9 + 12 * (VIDEO["num_blocks"] - 1) - 3
 MODULAR = ("SDVGBegin", "SDVGLoopStart", "SDVGDraftBlock", "SDVGRouteBlock", "SDVGRegenerateBlock",

@@ -15,7 +15,7 @@ from sdvg_core.speculative import SDVGSession
 from sdvg_core.tiny import build_tiny_system, tiny_text
 
 INF = float("inf")
-BASE = SDVGConfig(width=64, height=32, num_blocks=4, seed=5, accept_pattern=(True, False))
+BASE = SDVGConfig(width=32, height=16, num_blocks=4, seed=5, accept_pattern=(True, False))
 SECOND = "the red fox leaps into a snowdrift"
 
 
@@ -154,7 +154,7 @@ def test_inputs_that_do_not_fit_are_named(system, input_video):
         run(system, v2v)
     with pytest.raises(InputError, match=r"has 30 frames; 4 blocks need 45.*at most 2 blocks"):
         run(system, v2v, video=input_video[:30])
-    with pytest.raises(InputError, match=r"is 64x32.*48x32.*Upscale Image"):
+    with pytest.raises(InputError, match=r"is 32x16.*48x16.*Upscale Image"):
         run(system, replace(v2v, width=48), video=input_video)
     with pytest.raises(InputError, match="strength"):
         replace(BASE, strength=0.0).validate()

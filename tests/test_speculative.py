@@ -12,7 +12,7 @@ from sdvg_core.tiny import build_tiny_system, tiny_wan
 from sdvg_core.wan import WanConfig
 
 INF = float("inf")
-BASE = SDVGConfig(width=64, height=32, num_blocks=4, seed=5)
+BASE = SDVGConfig(width=32, height=16, num_blocks=4, seed=5)
 
 
 @pytest.fixture(scope="module")
@@ -205,10 +205,10 @@ def test_a_step_that_failed_asks_for_a_reset(system):
 def test_output_frames_and_drop_option(system):
     kept = run(system, tau=-INF, drop_first_frames=False)
     dropped = run(system, tau=-INF)
-    assert kept.frames.shape == (9 + 12 * 3, 32, 64, 3)
+    assert kept.frames.shape == (9 + 12 * 3, BASE.height, BASE.width, 3)
     assert torch.equal(dropped.frames, kept.frames[3:])
     assert 0 <= float(kept.frames.min()) and float(kept.frames.max()) <= 1
-    assert kept.latents.shape == (1, 12, 16, 4, 8)
+    assert kept.latents.shape == (1, 12, 16, BASE.height // 8, BASE.width // 8)
     assert [b.pixel_frames for b in kept.blocks] == [9, 12, 12, 12]
 
 
@@ -283,7 +283,7 @@ def test_progress_events_carry_stats_and_a_preview(system):
     session.run()
     assert [e.block for e in events] == [0, 1, 2, 3]
     assert events[0].stats.decision == "target"
-    assert events[-1].preview.shape == (32, 64, 3)
+    assert events[-1].preview.shape == (BASE.height, BASE.width, 3)
     assert all(e.num_blocks == 4 for e in events)
 
 

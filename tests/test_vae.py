@@ -61,10 +61,16 @@ def stream(svae, latents, sizes):
 # ---------------------------------------------------------------------- equivalence (pins diffusers' private API)
 
 
-@pytest.mark.parametrize("sizes", [[1, 3, 3], [3, 3, 1], [7], [1] * 7])
-def test_streaming_decode_equals_diffusers_one_shot(vae, sizes):
+@pytest.fixture(scope="module")
+def whole_video(vae):
+    """The latents of one video and diffusers' one-shot decode of them, shared by the splits below."""
     latents = normalised_latents()
-    reference = one_shot(vae, latents)
+    return latents, one_shot(vae, latents)
+
+
+@pytest.mark.parametrize("sizes", [[1, 3, 3], [3, 3, 1], [7], [1] * 7])
+def test_streaming_decode_equals_diffusers_one_shot(vae, whole_video, sizes):
+    latents, reference = whole_video
     svae = StreamingVAE(vae)
     blocks = stream(svae, latents, sizes)
     for i, (block, size) in enumerate(zip(blocks, sizes)):
@@ -88,12 +94,12 @@ def test_fresh_decode_per_block_is_not_the_stream(vae):
     assert streamed.shape[1] == 12 and alone.shape[1] == 9
 
 
-def test_reset_starts_a_new_video(vae):
-    latents = normalised_latents()
+def test_reset_starts_a_new_video(vae, whole_video):
+    latents, reference = whole_video
     svae = StreamingVAE(vae)
     stream(svae, latents, [3, 3])
     svae.reset()
-    assert torch.equal(torch.cat(stream(svae, latents, [1, 3, 3]), dim=1), one_shot(vae, latents))
+    assert torch.equal(torch.cat(stream(svae, latents, [1, 3, 3]), dim=1), reference)
 
 
 def test_frames_for_matches_the_wan_time_stride(vae):
@@ -191,7 +197,7 @@ def test_encode_frame_and_diffusers_calls_leave_the_stream_alone(vae):
 # ---------------------------------------------------------------------- loading files
 
 
-def test_loads_original_and_diffusers_layouts(vae, tmp_path):
+def test_loads_original_and_diffusers_layouts(vae, whole_video, tmp_path):
     original = original_wan_vae_state_dict(vae)
     assert "decoder.middle.0.residual.0.gamma" in original and "decoder.upsamples.4.shortcut.weight" in original
     files = {
@@ -200,8 +206,7 @@ def test_loads_original_and_diffusers_layouts(vae, tmp_path):
         "diffusers_vae.safetensors": lambda p: save_file(vae.state_dict(), p),
         "comfy_prefixed.safetensors": lambda p: save_file({f"first_stage_model.{k}": v for k, v in original.items()}, p),
     }
-    latents = normalised_latents()
-    reference = one_shot(vae, latents)
+    latents, reference = whole_video
     for name, write in files.items():
         write(tmp_path / name)
         loaded = StreamingVAE.from_single_file(tmp_path / name)
