@@ -16,8 +16,9 @@ $(STAMP): requirements.txt requirements-dev.txt constraints.txt
 	$(BIN)/pip install -q -c constraints.txt -r requirements.txt -r requirements-dev.txt
 	touch $(STAMP)
 
+# One pytest-xdist worker per logical CPU; worksteal evens out the long tests (the Ray cluster run).
 test: $(STAMP)
-	$(BIN)/python -m pytest -q tests
+	$(BIN)/python -m pytest -q -n logical --dist worksteal tests
 
 demo: $(STAMP)
 	$(BIN)/python -m sdvg_core demo --out out/demo
