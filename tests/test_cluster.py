@@ -69,8 +69,8 @@ def ray_worker_pids() -> list[int]:
 
 
 def kill_a_worker_after_the_first_video(log: Path, done: threading.Event, killed: list) -> None:
-    """Watches the batch's log; at its first line both workers are busy (each is handed the next
-    prompt as it finishes one), so killing either loses a prompt that must be retried."""
+    """Watches the batch's log and, at its first line, kills one of the two workers: prompts are still
+    queued, so whichever it is loses one (the prompt it is on, or the next one it is handed)."""
     while not done.is_set():
         if log.is_file() and log.read_text().count("\n") >= 1:
             killed.append(pids := ray_worker_pids())
