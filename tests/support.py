@@ -50,7 +50,7 @@ WORKFLOW_MODEL_FILES = {
     "diffusion_models/krea-realtime-video-14b.safetensors": "target",
     "vae/wan_2.1_vae.safetensors": "vae",
 }
-TINY_SETTINGS = {"width": 32, "height": 16, "num_blocks": 2}  # CPU-sized override of 832x480x9
+TINY_SETTINGS = {"width": 64, "height": 48, "num_blocks": 2}  # CPU-sized override of 832x480x9
 
 
 # ----------------------------------------------------------------------------- helpers
