@@ -41,6 +41,12 @@ class _LoadWan:
     FUNCTION = "load"
     CATEGORY = "SDVG/loaders"
 
+    def __init_subclass__(cls, **kwargs):  # each loader's output is named and explained by its role
+        super().__init_subclass__(**kwargs)
+        cls.RETURN_NAMES = (cls.ROLE,)
+        cls.OUTPUT_TOOLTIPS = (f"A Wan 2.1 MODEL: chain LoRA loaders here if you use them, then SDVG Sampler's "
+                               f"{cls.ROLE}.",)
+
     @classmethod
     def INPUT_TYPES(cls):
         return {"required": {
@@ -64,8 +70,6 @@ class _LoadWan:
 class LoadDrafter(_LoadWan):
     ROLE = "drafter"
     WHAT = "Self-Forcing Wan2.1-T2V-1.3B (self_forcing_dmd.pt)"
-    RETURN_NAMES = ("drafter",)
-    OUTPUT_TOOLTIPS = ("A Wan 2.1 MODEL: chain LoRA loaders here if you use them, then SDVG Sampler's drafter.",)
     DESCRIPTION = ("Loads the drafter, Self-Forcing Wan2.1-T2V-1.3B, as a MODEL (its .pt training file, "
                    "generator_ema by default, or any Wan 2.1 1.3B T2V file).")
 
@@ -73,8 +77,6 @@ class LoadDrafter(_LoadWan):
 class LoadTarget(_LoadWan):
     ROLE = "target"
     WHAT = "Krea Realtime Video 14B (krea-realtime-video-14b.safetensors, or an fp8 copy)"
-    RETURN_NAMES = ("target",)
-    OUTPUT_TOOLTIPS = ("A Wan 2.1 MODEL: chain LoRA loaders here if you use them, then SDVG Sampler's target.",)
     DESCRIPTION = ("Loads the target, Krea Realtime Video 14B, as a MODEL; weight_dtype fp8 halves its "
                    "28 GB of bf16 weights.")
 
