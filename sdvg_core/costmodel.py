@@ -172,8 +172,8 @@ def count_reference_flops(width: int = 832, height: int = 480) -> dict[str, floa
     """FLOPs of each component of the REAL system for one block, counted on the meta device.
 
     Same keys as ComponentSeconds. Counted with torch's FlopCounterMode (matmuls, convolutions,
-    attention; 2 FLOPs per multiply-add) on diffusers' WanTransformer3DModel (1.3B and 14B),
-    diffusers' AutoencoderKLWan (Wan 2.1) streaming decode, and transformers' BLIP ViT-L/16 +
+    attention; 2 FLOPs per multiply-add) on diffusers' WanTransformer3DModel (1.3B and 14B widths;
+    the full depth from a one- and a two-layer model, exactly), diffusers' AutoencoderKLWan (Wan 2.1) streaming decode, and transformers' BLIP ViT-L/16 +
     BERT-base text encoder on 12 frames. No weights are allocated.
 
     The DiT runs in the window regime: a denoising pass has 3 frames of queries attending to
