@@ -74,7 +74,8 @@ def kill_a_worker_after_the_first_video(log: Path, done: threading.Event, killed
     while not done.is_set():
         if log.is_file() and log.read_text().count("\n") >= 1:
             killed.append(pids := ray_worker_pids())
-            os.kill(pids[0], signal.SIGKILL)
+            if pids:  # none found fails the test's own assertion, not this thread
+                os.kill(pids[0], signal.SIGKILL)
             return
         time.sleep(0.02)
 
