@@ -170,13 +170,18 @@ def test_gpu_preset_is_the_real_architectures():
     assert all(p.device.type == "meta" for p in system.target.parameters())
 
 
-@pytest.fixture(scope="module")
-def smoke_result(tmp_path_factory):
-    out = tmp_path_factory.mktemp("bench")
-    args = Namespace(preset="smoke", out=str(out), repeats=None, component_samples=None,
+def bench_run(tmp_path_factory, preset: str):
+    """The folder `python -m sdvg_core bench --preset <preset>` wrote, with the preset's defaults."""
+    out = tmp_path_factory.mktemp(preset)
+    args = Namespace(preset=preset, out=str(out), repeats=None, component_samples=None,
                      accept_rates=None, hybrid_k=None, blocks=None)
     assert bench.main(args) == 0
     return out
+
+
+@pytest.fixture(scope="module")
+def smoke_result(tmp_path_factory):
+    return bench_run(tmp_path_factory, "smoke")
 
 
 def test_reduced_bench_writes_the_three_files_with_the_schema(smoke_result):
@@ -240,11 +245,7 @@ def test_gpu_preset_runs_what_the_gpu_check_needs():
 
 @pytest.fixture(scope="module")
 def gpu_smoke_result(tmp_path_factory):
-    out = tmp_path_factory.mktemp("bench-gpu")
-    args = Namespace(preset="gpu-smoke", out=str(out), repeats=None, component_samples=None,
-                     accept_rates=None, hybrid_k=None, blocks=None)
-    assert bench.main(args) == 0
-    return out
+    return bench_run(tmp_path_factory, "gpu-smoke")
 
 
 def test_gpu_smoke_writes_plans_capped_runs_and_preprocessing(gpu_smoke_result):
