@@ -11,7 +11,6 @@ or the error) and the driver, the one writer of ``--out``, stores it.
 
 from __future__ import annotations
 
-import gc
 import os
 import time
 from dataclasses import dataclass
@@ -70,6 +69,7 @@ class Worker:
 
     def encode(self, schedules: dict[int, Schedule]) -> dict[int, EncodedSchedule]:
         """umT5 embeddings of these videos' prompts; the encoder is freed before any DiT loads."""
+        from .memory import release
         from .text import UMT5TextEncoder
 
         spec = self.spec
@@ -79,7 +79,7 @@ class Worker:
                             for block, prompt in schedule] for index, schedule in schedules.items()}
         finally:
             del encoder
-            self._free()
+            release(self.device)
 
     def load(self) -> None:
         """The models this mode calls (a baseline loads only its own), once per worker."""
@@ -116,11 +116,6 @@ class Worker:
 
     def pid(self) -> int:
         return os.getpid()
-
-    def _free(self) -> None:
-        gc.collect()
-        if self.device.type == "cuda":
-            torch.cuda.empty_cache()
 
 
 def generate_one(models: dict, prompts: PromptSchedule, config: SDVGConfig, video=None):

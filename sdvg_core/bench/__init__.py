@@ -97,7 +97,8 @@ def _run(args, preset: Preset) -> int:
     print(f"[bench] runs done after {time.perf_counter() - started:.0f} s")
     gpu_checks = {}
     if preset.gpu_checks:
-        from .gpu import add_planned_peaks, capped_runs, preprocessing_check, release
+        from ..memory import release
+        from .gpu import add_planned_peaks, capped_runs, preprocessing_check
 
         add_planned_peaks(preset, runs)
         del system, timer

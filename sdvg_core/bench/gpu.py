@@ -8,7 +8,6 @@ code on tiny models on the CPU (the test suite), where no cap can be enforced.
 
 from __future__ import annotations
 
-import gc
 import time
 from contextlib import contextmanager
 from dataclasses import replace
@@ -17,7 +16,7 @@ import torch
 
 from ..config import SDVGConfig
 from ..errors import InputError
-from ..memory import GiB, free_bytes, session_plan
+from ..memory import GiB, free_bytes, release, session_plan
 from .components import PeakMemory, build_system
 from .presets import Preset
 from .runs import RunSpec, accept_patterns, run_video
@@ -46,12 +45,6 @@ def planned_peak_mb(preset: Preset, mode: str, *, width: int | None = None, heig
 def add_planned_peaks(preset: Preset, runs: list[dict]) -> None:
     for run in runs:
         run["planned_peak_mb"] = planned_peak_mb(preset, run["mode"])
-
-
-def release(device: str) -> None:
-    gc.collect()
-    if str(device).startswith("cuda"):
-        torch.cuda.empty_cache()
 
 
 @contextmanager
